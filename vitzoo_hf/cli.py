@@ -1,0 +1,86 @@
+"""The `vitzoo` command: plan a zoo, generate it, serve a local Hub.
+
+User mistakes surface as `ZooError`s: printed as one line on stderr, exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from vitzoo_hf.errors import ZooError
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from vitzoo_hf.blueprint import expand, load_blueprint
+
+    bp = load_blueprint(args.blueprint)
+    models = expand(bp)
+    if args.slurm:
+        from vitzoo_hf.training import write_slurm_script
+
+        path = write_slurm_script(bp, models, args.slurm, args.out)
+        print(f"wrote {path}: submit with `bash {path}`")
+        return
+    if args.json:
+        for m in models:
+            print(json.dumps(m.to_record()))
+        return
+    width = max(len(m.name) for m in models)
+    print(f"blueprint {bp.name} ({bp.source}): {len(models)} models")
+    for m in models:
+        factors = " ".join(f"{k}={v}" for k, v in m.factors().items())
+        print(f"{m.name:<{width}}  {m.stage:<11}  parent={m.parent or '-'}  {factors}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from vitzoo_hf.training import generate
+
+    generate(args.blueprint, args.out, only=args.only, num_processes=args.num_processes)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vitzoo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("plan", help="validate a blueprint and list every model of its zoo")
+    p.add_argument("blueprint", help="a shipped blueprint name (paper, mini, smoke) or a YAML path")
+    p.add_argument("--json", action="store_true", help="one JSON record per model")
+    p.add_argument("--slurm", metavar="SCRIPT", help="write an sbatch job-array script instead of listing")
+    p.add_argument("--out", default="zoo", help="zoo directory the SLURM jobs write to (default: zoo)")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("generate", help="train every model of a blueprint that is not complete yet")
+    p.add_argument("blueprint", help="a shipped blueprint name or a YAML path")
+    p.add_argument("--out", required=True, help="zoo directory (created if missing)")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="train only these models (parents are required)")
+    p.add_argument("--num-processes", type=int, default=1,
+                   help="processes per model via `accelerate launch` (default 1: in this process)")
+    p.set_defaults(func=_generate)
+
+    try:
+        from vitzoo_hf.hub.cli import add_hub_parser
+    except ImportError:  # the hub module is optional at this layer
+        pass
+    else:
+        add_hub_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ZooError as err:
+        print(f"vitzoo: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vitzoo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
