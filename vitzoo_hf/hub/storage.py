@@ -1,0 +1,443 @@
+"""On-disk store of the local hub: blobs, commits, refs, repos and collections.
+
+Layout under ``root``::
+
+    blobs/ab/<sha256>                     file contents, content-addressed, immutable
+    repos/<model|dataset>/<ns>/<name>/
+        repo.json                         id, visibility, creation time
+        refs.json                         {"branches": {name: sha}, "tags": {name: sha}}
+        commits/<sha1>.json               immutable snapshot {path: entry} plus parents and message
+    collections/<owner>/<id>.json
+    tmp/                                  scratch; emptied at start
+
+Crash safety comes from one rule: every file is written to ``tmp/``, fsynced and then ``os.replace``d into
+place, and objects are published bottom-up (blobs, then the commit, then the ref that points to it). A process
+killed at any moment therefore leaves at worst unreferenced objects or scratch files, never a half-written object
+that a reader can reach. A repo is assembled in ``tmp/`` and renamed into place in one step.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from .errors import (
+    BadRequest,
+    Conflict,
+    EntryNotFound,
+    NotFound,
+    PreconditionFailed,
+    RepoNotFound,
+    RevisionNotFound,
+)
+from .names import check_path, check_repo_id, check_repo_part, check_revision, is_commit_sha
+
+CHUNK = 1 << 20
+DEFAULT_BRANCH = "main"
+
+# An abbreviation of the real Hub's default .gitattributes; it decides what preupload marks as LFS.
+_LFS_PATTERNS = (
+    "*.7z *.arrow *.bin *.bz2 *.ckpt *.ftz *.gz *.h5 *.joblib *.lfs.* *.mlmodel *.model *.msgpack *.npy *.npz "
+    "*.onnx *.ot *.parquet *.pb *.pickle *.pkl *.pt *.pth *.rar *.safetensors saved_model/**/* *.tar.* *.tar "
+    "*.tflite *.tgz *.wasm *.xz *.zip *.zst *tfevents*"
+).split()
+_DATASET_LFS_PATTERNS = "*.mds *.mp3 *.ogg *.wav *.jpg *.jpeg *.png *.webp *.gif *.mp4 *.webm".split()
+
+
+def default_gitattributes(repo_type: str) -> bytes:
+    patterns = _LFS_PATTERNS + (_DATASET_LFS_PATTERNS if repo_type == "dataset" else [])
+    return "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in patterns).encode()
+
+
+def utc_iso(ts: float | None = None) -> str:
+    """Hub-style timestamp, e.g. ``2026-11-29T05:39:31.000Z``."""
+    dt = datetime.fromtimestamp(time.time() if ts is None else ts, tz=timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    """The git object id of a regular file: what clients compare for no-op detection."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def lfs_pointer(sha256: str, size: int) -> bytes:
+    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+
+
+def make_entry(sha256: str, size: int, lfs: bool, git_oid: str | None = None) -> dict[str, Any]:
+    """A snapshot entry. ``oid`` is the git-level id: sha1 of the content, or of the LFS pointer."""
+    if lfs:
+        git_oid = git_blob_sha1(lfs_pointer(sha256, size))
+    assert git_oid is not None
+    return {"sha256": sha256, "size": size, "lfs": lfs, "oid": git_oid}
+
+
+@dataclass(frozen=True)
+class Repo:
+    """A repo's identity and settings (``repo.json``)."""
+
+    type: str  # "model" | "dataset"
+    id: str  # "ns/name"
+    object_id: str  # 24-hex, like the Hub's _id
+    private: bool
+    created_at: str
+    dir: Path
+
+    @property
+    def namespace(self) -> str:
+        return self.id.split("/")[0]
+
+
+@dataclass
+class Op:
+    """One commit operation: ``kind`` is ``add`` (with ``entry``), ``delete`` or ``delete_folder``."""
+
+    kind: str
+    path: str
+    entry: dict[str, Any] | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """All persistent state. Thread-safe; one process per root (guarded by an exclusive lock file)."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.blobs = self.root / "blobs"
+        self.repos = self.root / "repos"
+        self.collections_dir = self.root / "collections"
+        self.tmp = self.root / "tmp"
+        for d in (self.root, self.blobs, self.repos / "model", self.repos / "dataset", self.collections_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self._lock_file = open(self.root / ".lock", "a+b")  # noqa: SIM115 - held for the store's lifetime
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise RuntimeError(f"{self.root} is already served by another hub process") from None
+        # Scratch files of a killed process are garbage by construction: nothing refers to them.
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir()
+        self._locks: dict[str, threading.RLock] = {}
+        self._locks_guard = threading.Lock()
+        self._commit_cache: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._cache_guard = threading.Lock()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+        self._lock_file.close()
+
+    # ----------------------------------------------------------------------------------------------- atomics
+    def _lock(self, key: str) -> threading.RLock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.RLock())
+
+    def _tmp_path(self, suffix: str = "") -> Path:
+        return self.tmp / (secrets.token_hex(12) + suffix)
+
+    def _write_atomic(self, dest: Path, data: bytes) -> None:
+        """Write ``dest`` so that readers see either the old file or the complete new one."""
+        tmp = self._tmp_path()
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+
+    def _write_json(self, dest: Path, obj: Any) -> None:
+        self._write_atomic(dest, json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
+
+    # ------------------------------------------------------------------------------------------------- blobs
+    def blob_path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise BadRequest(f"Invalid sha256 {sha256!r}: expected 64 lowercase hex digits.")
+        return self.blobs / sha256[:2] / sha256
+
+    def blob_size(self, sha256: str) -> int | None:
+        try:
+            return self.blob_path(sha256).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def put_blob_stream(self, chunks: Iterable[bytes], expected_sha256: str | None = None,
+                        expected_size: int | None = None) -> tuple[str, int]:
+        """Stream chunks to a scratch file while hashing; publish it under its sha256 only if it checks out."""
+        tmp = self._tmp_path(".part")
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            sha = digest.hexdigest()
+            if expected_size is not None and size != expected_size:
+                raise BadRequest(f"Upload size mismatch: expected {expected_size} bytes, received {size}.")
+            if expected_sha256 is not None and sha != expected_sha256:
+                raise BadRequest(f"Upload content mismatch: sha256 of the body is {sha}, "
+                                 f"expected {expected_sha256}.")
+            dest = self.blob_path(sha)
+            dest.parent.mkdir(exist_ok=True)
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+            return sha, size
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def put_blob(self, data: bytes) -> tuple[str, int]:
+        sha = hashlib.sha256(data).hexdigest()
+        if self.blob_size(sha) == len(data):
+            return sha, len(data)
+        return self.put_blob_stream([data], sha, len(data))
+
+    def open_blob(self, sha256: str) -> BinaryIO:
+        return open(self.blob_path(sha256), "rb")
+
+    def read_blob(self, sha256: str) -> bytes:
+        return self.blob_path(sha256).read_bytes()
+
+    # ------------------------------------------------------------------------------------------------- repos
+    def _repo_dir(self, repo_type: str, repo_id: str) -> Path:
+        ns, name = check_repo_id(repo_id)
+        if repo_type not in ("model", "dataset"):
+            raise BadRequest(f"Unsupported repo type {repo_type!r}: this hub hosts models and datasets.")
+        return self.repos / repo_type / ns / name
+
+    def _load_repo(self, repo_type: str, d: Path) -> Repo | None:
+        try:
+            meta = json.loads((d / "repo.json").read_text())
+        except FileNotFoundError:
+            return None
+        return Repo(type=repo_type, id=meta["id"], object_id=meta["object_id"], private=meta["private"],
+                    created_at=meta["created_at"], dir=d)
+
+    def get_repo(self, repo_type: str, repo_id: str) -> Repo | None:
+        return self._load_repo(repo_type, self._repo_dir(repo_type, repo_id))
+
+    def list_repos(self, repo_type: str) -> list[Repo]:
+        out = []
+        base = self.repos / repo_type
+        for ns in sorted(base.iterdir()):
+            for d in sorted(ns.iterdir()) if ns.is_dir() else ():
+                repo = self._load_repo(repo_type, d)
+                if repo is not None:
+                    out.append(repo)
+        return out
+
+    def create_repo(self, repo_type: str, repo_id: str, private: bool, author: str) -> Repo:
+        """Create a repo with an initial ``.gitattributes`` commit on ``main`` (the Hub does the same)."""
+        dest = self._repo_dir(repo_type, repo_id)
+        with self._lock(str(dest)):
+            if dest.exists():
+                raise Conflict(f"You already created this {repo_type} repo", code="RepoExists")
+            staging = self._tmp_path(".repo")
+            (staging / "commits").mkdir(parents=True)
+            now = time.time()
+            sha, size = self.put_blob(default_gitattributes(repo_type))
+            gitattributes = make_entry(sha, size, False, git_blob_sha1(default_gitattributes(repo_type)))
+            commit = self._new_commit([], {".gitattributes": gitattributes}, "initial commit", "", author, now)
+            self._write_json(staging / "commits" / f"{commit['id']}.json", commit)
+            self._write_json(staging / "refs.json", {"branches": {DEFAULT_BRANCH: commit["id"]}, "tags": {}})
+            meta = {"id": repo_id, "object_id": secrets.token_hex(12), "private": bool(private),
+                    "created_at": utc_iso(now)}
+            self._write_json(staging / "repo.json", meta)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(staging, dest)
+            _fsync_dir(dest.parent)
+        repo = self._load_repo(repo_type, dest)
+        assert repo is not None
+        return repo
+
+    def delete_repo(self, repo: Repo) -> None:
+        with self._lock(str(repo.dir)):
+            trash = self._tmp_path(".deleted")
+            os.rename(repo.dir, trash)
+            _fsync_dir(repo.dir.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+        with self._cache_guard:
+            for key in [k for k in self._commit_cache if k[0] == str(repo.dir)]:
+                del self._commit_cache[key]
+
+    def set_private(self, repo: Repo, private: bool) -> Repo:
+        with self._lock(str(repo.dir)):
+            meta = json.loads((repo.dir / "repo.json").read_text())
+            meta["private"] = bool(private)
+            self._write_json(repo.dir / "repo.json", meta)
+        return self._load_repo(repo.type, repo.dir) or repo
+
+    # -------------------------------------------------------------------------------------- refs & commits
+    def refs(self, repo: Repo) -> dict[str, dict[str, str]]:
+        try:
+            return json.loads((repo.dir / "refs.json").read_text())
+        except FileNotFoundError:
+            raise RepoNotFound(f"Repository {repo.id} not found") from None
+
+    def read_commit(self, repo: Repo, commit_id: str) -> dict[str, Any]:
+        key = (str(repo.dir), commit_id)
+        with self._cache_guard:
+            hit = self._commit_cache.get(key)
+            if hit is not None:
+                self._commit_cache.move_to_end(key)
+                return hit
+        try:
+            commit = json.loads((repo.dir / "commits" / f"{commit_id}.json").read_text())
+        except FileNotFoundError:
+            raise RevisionNotFound(f"Commit {commit_id} not found in {repo.id}") from None
+        with self._cache_guard:
+            self._commit_cache[key] = commit
+            while len(self._commit_cache) > 2048:
+                self._commit_cache.popitem(last=False)
+        return commit
+
+    def resolve(self, repo: Repo, rev: str) -> str:
+        """Branch, then tag, then full commit sha, then a unique sha prefix of at least 7 hex digits."""
+        check_revision(rev)
+        refs = self.refs(repo)
+        if rev in refs["branches"]:
+            return refs["branches"][rev]
+        if rev in refs["tags"]:
+            return refs["tags"][rev]
+        commits = repo.dir / "commits"
+        if is_commit_sha(rev) and (commits / f"{rev}.json").exists():
+            return rev
+        if 7 <= len(rev) < 40 and all(c in "0123456789abcdef" for c in rev):
+            matches = [p.stem for p in commits.glob(f"{rev}*.json")]
+            if len(matches) == 1:
+                return matches[0]
+        raise RevisionNotFound(f"Invalid rev id: {rev}")
+
+    def history(self, repo: Repo, commit_id: str) -> Iterator[dict[str, Any]]:
+        """First-parent history, newest first."""
+        cid: str | None = commit_id
+        while cid:
+            commit = self.read_commit(repo, cid)
+            yield commit
+            cid = commit["parents"][0] if commit["parents"] else None
+
+    @staticmethod
+    def _new_commit(parents: list[str], files: dict[str, Any], title: str, message: str, author: str,
+                    ts: float) -> dict[str, Any]:
+        body = {"parents": parents, "files": files, "title": title, "message": message, "author": author,
+                "date": utc_iso(ts), "nonce": base64.b32encode(os.urandom(5)).decode()}
+        body["id"] = hashlib.sha1(json.dumps(body, sort_keys=True).encode()).hexdigest()
+        return body
+
+    def commit(self, repo: Repo, branch: str, ops: list[Op], title: str, message: str, author: str,
+               parent_commit: str | None = None) -> str:
+        """Apply ``ops`` on top of ``branch`` and move the branch; serialised per repo."""
+        with self._lock(str(repo.dir)):
+            refs = self.refs(repo)
+            if branch not in refs["branches"]:
+                if branch in refs["tags"] or is_commit_sha(branch):
+                    raise BadRequest(f"Cannot commit to {branch!r}: commits must target a branch.")
+                raise RevisionNotFound(f"Branch {branch!r} not found in {repo.id}; create it first.")
+            head = refs["branches"][branch]
+            if parent_commit and not head.startswith(parent_commit):
+                raise PreconditionFailed(
+                    f"A commit has happened since the parent commit {parent_commit}: {branch} is now at {head}."
+                )
+            files = dict(self.read_commit(repo, head)["files"])
+            for op in ops:
+                path = check_path(op.path.rstrip("/")) if op.kind == "delete_folder" else check_path(op.path)
+                if op.kind == "add":
+                    if any(p.startswith(path + "/") for p in files):
+                        raise BadRequest(f"Cannot add file {path!r}: a folder with this name exists.")
+                    parents = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]
+                    if any(p in files for p in parents):
+                        raise BadRequest(f"Cannot add file {path!r}: one of its parent folders is a file.")
+                    files[path] = op.entry
+                elif op.kind == "delete":
+                    if path not in files:
+                        raise EntryNotFound(f"A file with this name doesn't exist: {path}")
+                    del files[path]
+                elif op.kind == "delete_folder":
+                    for p in [p for p in files if p.startswith(path + "/")]:
+                        del files[p]
+                else:
+                    raise BadRequest(f"Unknown commit operation {op.kind!r}.")
+            commit = self._new_commit([head], files, title, message, author, time.time())
+            self._write_json(repo.dir / "commits" / f"{commit['id']}.json", commit)
+            refs["branches"][branch] = commit["id"]
+            self._write_json(repo.dir / "refs.json", refs)
+            return commit["id"]
+
+    def create_ref(self, repo: Repo, kind: str, name: str, commit_id: str) -> None:
+        """``kind`` is ``branches`` or ``tags``; 409 if the name is taken."""
+        check_revision(name)
+        if is_commit_sha(name):
+            raise BadRequest(f"Invalid ref name {name!r}: it looks like a commit sha.")
+        with self._lock(str(repo.dir)):
+            refs = self.refs(repo)
+            if name in refs[kind]:
+                raise Conflict(f"{'Branch' if kind == 'branches' else 'Tag'} {name!r} already exists")
+            self.read_commit(repo, commit_id)
+            refs[kind][name] = commit_id
+            self._write_json(repo.dir / "refs.json", refs)
+
+    def delete_ref(self, repo: Repo, kind: str, name: str) -> None:
+        with self._lock(str(repo.dir)):
+            refs = self.refs(repo)
+            if name not in refs[kind]:
+                raise RevisionNotFound(f"{'Branch' if kind == 'branches' else 'Tag'} {name!r} not found")
+            if kind == "branches" and name == DEFAULT_BRANCH:
+                raise BadRequest(f"Cannot delete the default branch {DEFAULT_BRANCH!r}.")
+            del refs[kind][name]
+            self._write_json(repo.dir / "refs.json", refs)
+
+    # ------------------------------------------------------------------------------------------ collections
+    def _collection_path(self, slug: str) -> Path:
+        owner, _, ident = slug.partition("/")
+        check_repo_part(owner, "collection slug")
+        check_repo_part(ident, "collection slug")
+        return self.collections_dir / owner / f"{ident}.json"
+
+    @contextlib.contextmanager
+    def collection_lock(self) -> Iterator[None]:
+        with self._lock("collections"):
+            yield
+
+    def get_collection(self, slug: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._collection_path(slug).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"Collection {slug} not found") from None
+
+    def save_collection(self, collection: dict[str, Any]) -> None:
+        self._write_json(self._collection_path(collection["slug"]), collection)
+
+    def delete_collection(self, slug: str) -> None:
+        path = self._collection_path(slug)
+        if not path.exists():
+            raise NotFound(f"Collection {slug} not found")
+        path.unlink()
+
+    def list_collections(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.collections_dir.glob("*/*.json"))]
