@@ -127,7 +127,6 @@ class Views:
     blur_kernel: int = 9
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     p_blur: float = 0.5
-    horizontal_flip: bool = True
 
     def _check(self, path: str) -> None:
         for name in ("p_color_jitter", "p_grayscale", "p_blur"):
