@@ -691,7 +691,8 @@ class HubApp:
             refs = {f"{i['type']}s/{i['id']}" for i in c["items"]}
             if items and not all(i in refs for i in items):
                 continue
-            out.append({**c, "items": c["items"][:4]})
+            # the client numbers listed collections itself (it passes ``position``), so omit ours
+            out.append({**{k: v for k, v in c.items() if k != "position"}, "items": c["items"][:4]})
         return self._paginate(req, out)
 
 
