@@ -3,9 +3,10 @@
 ``huggingface_hub`` and ``datasets`` read ``HF_ENDPOINT`` **once, at import time**, into module constants
 (``huggingface_hub.constants.ENDPOINT``, ``HUGGINGFACE_CO_URL_TEMPLATE``, ``HF_URL_HOSTS``,
 ``utils._http._HUB_ORIGINS``, the module-level ``HfApi``/``HfFileSystem`` instances, ``datasets.config.HF_ENDPOINT``
-and ``HUB_DATASETS_URL``). Setting the environment variable after they were imported changes nothing. So
-:func:`configure_clients` sets the environment (for modules imported later and for subprocesses) **and** patches
-those constants in every module already imported, and :meth:`ClientSettings.restore` undoes both.
+and ``HUB_DATASETS_URL``, and transformers' shared ``HfApi`` once built). Setting the environment variable
+after they were imported changes nothing. So :func:`configure_clients` sets the environment (for modules
+imported later and for subprocesses) **and** patches those constants in every module already imported, and
+:meth:`ClientSettings.restore` undoes both.
 
 Xet is disabled only for the local server, which speaks plain LFS; against the real Hub it stays on.
 """
@@ -71,6 +72,10 @@ def _reset_client_instances(endpoint: str) -> None:
             fs._repo_and_revision_exists_cache.clear()
         # fsspec caches HfFileSystem instances (and their directory listings) across calls.
         hffs_mod.HfFileSystem.clear_instance_cache()
+    tf_hub = sys.modules.get("transformers.utils.hub")
+    shared = getattr(tf_hub, "_hf_api", None)  # transformers' lazily built shared HfApi
+    if shared is not None:
+        shared.endpoint = endpoint
 
 
 @dataclass
