@@ -166,7 +166,8 @@ class HubServer:
         return f"http://{host}:{self.port}"
 
     def start(self) -> HubServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="vitzoo-hub", daemon=True)
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="vitzoo-hub", daemon=True)
         self._thread.start()
         return self
 
