@@ -109,35 +109,35 @@ def test_lfs_upload_urls_are_signed_and_content_checked(repo):
 
 
 def test_resolve_headers_and_ranges(repo):
-    h, data = repo
+    lh, data = repo
     url = "/zoo-org/vit-a/resolve/main/w.bin"
-    status, h, body = raw_request(h.endpoint, "HEAD", url)
+    status, hd, body = raw_request(lh.endpoint, "HEAD", url)
     sha = HfApi().model_info(REPO).sha
-    assert status == 200 and body == b"" and h["content-length"] == "1000"
-    assert h["x-repo-commit"] == sha and h["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
-    assert not [k for k in h if "xet" in k] and "link" not in h
-    status, h, _ = raw_request(h.endpoint, "HEAD", "/zoo-org/vit-a/resolve/main/a.txt")
-    assert h["etag"] == f'"{hashlib.sha1(b"blob 11" + bytes(1) + b"hello world").hexdigest()}"'
+    assert status == 200 and body == b"" and hd["content-length"] == "1000"
+    assert hd["x-repo-commit"] == sha and hd["etag"] == f'"{hashlib.sha256(data).hexdigest()}"'
+    assert not [k for k in hd if "xet" in k] and "link" not in hd
+    status, hd, _ = raw_request(lh.endpoint, "HEAD", "/zoo-org/vit-a/resolve/main/a.txt")
+    assert hd["etag"] == f'"{hashlib.sha1(b"blob 11" + bytes(1) + b"hello world").hexdigest()}"'
     for rng, expect in [("bytes=100-199", data[100:200]), ("bytes=0-100000", data), ("bytes=990-", data[990:]),
                         ("bytes=-10", data[-10:])]:
-        status, h, body = raw_request(h.endpoint, "GET", url, headers={"Range": rng})
+        status, hd, body = raw_request(lh.endpoint, "GET", url, headers={"Range": rng})
         assert status == 206 and body == expect, rng
-        assert h["content-range"].endswith("/1000") and int(h["content-length"]) == len(expect)
-    status, h, body = raw_request(h.endpoint, "GET", url, headers={"Range": "bytes=1000-"})
-    assert status == 416 and h["content-range"] == "bytes */1000" and body == b""
-    status, h, body = raw_request(h.endpoint, "GET", url)
+        assert hd["content-range"].endswith("/1000") and int(hd["content-length"]) == len(expect)
+    status, hd, body = raw_request(lh.endpoint, "GET", url, headers={"Range": "bytes=1000-"})
+    assert status == 416 and hd["content-range"] == "bytes */1000" and body == b""
+    status, hd, body = raw_request(lh.endpoint, "GET", url)
     assert status == 200 and body == data
-    status, h, _ = raw_request(h.endpoint, "HEAD", "/zoo-org/vit-a/resolve/main/missing.txt")
-    assert status == 404 and h["x-error-code"] == "EntryNotFound" and h["x-repo-commit"] == sha
+    status, hd, _ = raw_request(lh.endpoint, "HEAD", "/zoo-org/vit-a/resolve/main/missing.txt")
+    assert status == 404 and hd["x-error-code"] == "EntryNotFound" and hd["x-repo-commit"] == sha
 
 
 def test_unknown_routes_and_xet_are_fast_404_with_error_code(repo):
-    h, _ = repo
+    lh, _ = repo
     for method, path in [("GET", "/api/agent-harnesses"), ("GET", "/api/models/zoo-org/vit-a/xet-write-token/main"),
                          ("GET", "/zoo-org/vit-a"), ("POST", "/api/unknown"), ("GET", "/api/models/zoo-org/nope")]:
-        status, h, _ = raw_request(h.endpoint, method, path)
-        assert status == 404 and h.get("x-error-code"), path
-    assert raw_request(h.endpoint, "HEAD", "/api/telemetry/x")[0] == 200
+        status, hd, _ = raw_request(lh.endpoint, method, path)
+        assert status == 404 and hd.get("x-error-code"), path
+    assert raw_request(lh.endpoint, "HEAD", "/api/telemetry/x")[0] == 200
 
 
 def test_parent_commit_mismatch_is_412(repo):
