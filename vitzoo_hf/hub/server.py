@@ -4,7 +4,7 @@
 single segments with ``%2F`` inside, so the path is split on ``/`` first and each segment is decoded afterwards.
 The Hub semantics live in :mod:`vitzoo_hf.hub.api`; this module only turns sockets into :class:`Request` objects
 and :class:`Response` objects back into bytes, with keep-alive hygiene (every response has a ``Content-Length``,
-every request body is read in full) and ``sendfile`` for file bodies.
+every request body is read in full) and file bodies streamed from disk.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, unquote
 
 from .errors import BadRequest, HubError
 from .wire import BodyReader, Request, Response, error_response, json_response
+
+_SEND_BUFFER = 1 << 20
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -74,13 +76,27 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             if response.file:
-                path, offset, count = response.file
-                with open(path, "rb") as f:
-                    self.connection.sendfile(f, offset, count)
+                self._send_file(*response.file)
             else:
                 self.wfile.write(response.body)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
+
+    def _send_file(self, path: Path, offset: int, count: int) -> None:
+        """Stream a file body from disk in 1 MiB steps; memory stays flat whatever the file size.
+
+        Measured on loopback, ``readinto`` + ``sendall`` with a 1 MiB buffer beats ``os.sendfile`` (which moves
+        at most a socket buffer per call) and 64 KiB copies (``python -m http.server``).
+        """
+        buf = memoryview(bytearray(_SEND_BUFFER))
+        with open(path, "rb", buffering=0) as f:
+            f.seek(offset)
+            while count > 0:
+                n = f.readinto(buf[: min(len(buf), count)])
+                if not n:
+                    raise ConnectionResetError("file shrank while being sent")
+                self.connection.sendall(buf[:n])
+                count -= n
 
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _handle
 
