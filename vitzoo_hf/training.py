@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from functools import cache
 from importlib import resources
@@ -70,8 +71,9 @@ def image_transforms(bp: Blueprint, aug: Augmentation) -> tuple[v2.Transform, v2
     """Per-image transforms: (train, eval). Train: resize, random crop, [rotate, flip], erase; eval: center crop."""
     size = bp.architecture.image_size
     resize = aug.resize or round(size * 8 / 7)
-    head = [v2.ToImage(), v2.RGB(), v2.Resize(resize, antialias=True)]
-    tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    # Geometry runs on the PIL image (3x faster than on tensors for small images), then convert.
+    head = [v2.RGB(), v2.Resize(resize, antialias=True)]
+    tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train = [*head, v2.RandomCrop(size)]
     if aug.rotation:
         train.append(v2.RandomRotation(aug.rotation))
@@ -381,10 +383,30 @@ def _accelerator(log_with: str | None, project_dir: Path) -> Accelerator:
     return Accelerator(cpu=not cuda, mixed_precision=precision, log_with=log_with, project_dir=str(project_dir))
 
 
+@contextmanager
+def _quiet_transformers():
+    """Our own bars report progress: silence transformers' per-save/per-load bars and load reports."""
+    from transformers.utils import logging as hf_logging
+
+    bars, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: str | Path, log_with: str | None = None,
                 progress: bool = True) -> Path:
     """Train (or resume, or skip if complete) one model; return its directory."""
-    zoo_dir = Path(zoo_dir)
+    with _quiet_transformers():
+        return _train_model(bp, spec, Path(zoo_dir), log_with, progress)
+
+
+def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | None, progress: bool) -> Path:
     path = layout.model_dir(zoo_dir, spec)
     if is_complete(zoo_dir, spec):
         return path
