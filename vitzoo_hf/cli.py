@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from vitzoo_hf.errors import ZooError
+from vitzoo_hf.hub.cli import add_hub_parser
 
 
 def _plan(args: argparse.Namespace) -> None:
@@ -60,12 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="processes per model via `accelerate launch` (default 1: in this process)")
     p.set_defaults(func=_generate)
 
-    try:
-        from vitzoo_hf.hub.cli import add_hub_parser
-    except ImportError:  # the hub module is optional at this layer
-        pass
-    else:
-        add_hub_parser(sub)
+    add_hub_parser(sub)
     return parser
 
 
