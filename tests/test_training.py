@@ -24,14 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "training" / "train.py"), "--no-progress"]
 
 
-@pytest.fixture(scope="module")
-def smoke_zoo(tmp_path_factory):
-    """The smoke zoo's supervised backbone and its four fine-tuned children, trained in this process."""
-    out = tmp_path_factory.mktemp("zoo")
-    bp = load_blueprint("smoke")
-    sup = [m for m in expand(bp) if m.task == "supervised"]
-    generate("smoke", out, only=[m.name for m in sup], progress=False)
-    return bp, sup, out
+@pytest.fixture
+def smoke_zoo(smoke_all):
+    """The supervised backbone and its four fine-tuned children."""
+    bp, out = smoke_all
+    return bp, [m for m in expand(bp) if m.task == "supervised"], out
+
+
+def test_smoke_generates_completely_with_both_tasks(smoke_all):
+    bp, out = smoke_all
+    models = expand(bp)
+    assert len(models) == 10 and all(is_complete(out, m) for m in models)
+    assert {m.task for m in models if m.stage == "finetuning"} == {"supervised", "contrastive"}
 
 
 def test_supervised_models_train_end_to_end(smoke_zoo):
@@ -127,10 +131,13 @@ def test_two_process_run_counts_every_validation_example_once(tmp_path):
     assert rows[1]["validation_accuracy"] == pytest.approx(acc)
 
 
-def test_sigkill_then_resume_is_bitwise_identical(tmp_path):
+@pytest.mark.parametrize("task", ["supervised", "contrastive"])
+def test_sigkill_then_resume_is_bitwise_identical(tmp_path, task):
+    other = "contrastive" if task == "supervised" else "supervised"
     bp_path = _custom(tmp_path, pretraining={"epochs": 4, "dataset": {"max_train": 512},
-                                             "tasks": {"contrastive": {"runs": []}}})
+                                             "tasks": {other: {"runs": []}}})
     spec = expand(load_blueprint(bp_path))[0]
+    assert spec.task == task
     args = ["--blueprint", str(bp_path), "--model", spec.name]
     subprocess.run([*TRAIN, *args, "--out", str(tmp_path / "a")], check=True, capture_output=True, timeout=600)
 

@@ -159,10 +159,15 @@ def train_step(model, optimizer, accelerator: Accelerator, x, soft_targets, labe
     return loss.detach()
 
 
+def _embed(backbone, head, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both views through the backbone in one forward pass, CLS token through the projector."""
+    z = head(backbone(pixel_values=torch.cat([a, b])).last_hidden_state[:, 0])
+    return z.chunk(2)
+
+
 def contrastive_step(backbone, head, optimizer, accelerator, a, b, temperature):
-    za = head(backbone(pixel_values=a).last_hidden_state[:, 0])
-    zb = head(backbone(pixel_values=b).last_hidden_state[:, 0])
-    out = contrastive_loss(za, zb, temperature)
+    """One SimCLR step: NT-Xent over the global batch (negatives gathered with gradients from all processes)."""
+    out = contrastive_loss(*_embed(backbone, head, a, b), temperature)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(out.loss)
     optimizer.step()
@@ -204,8 +209,7 @@ def evaluate_contrastive(backbone, head, loader, temperature, seed: int) -> dict
     torch.manual_seed(seed)
     loss_sum, correct, total, batches = 0.0, 0, 0, 0
     for a, b in loader:
-        out = contrastive_loss(head(backbone(pixel_values=a).last_hidden_state[:, 0]),
-                               head(backbone(pixel_values=b).last_hidden_state[:, 0]), temperature)
+        out = contrastive_loss(*_embed(backbone, head, a, b), temperature)
         loss_sum, batches = loss_sum + out.loss.item(), batches + 1
         correct, total = correct + int(out.correct), total + out.total
     backbone.train()
