@@ -196,3 +196,22 @@ def test_slurm_script(tmp_path, capsys):
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert "--array=0-9" in text and text.count("--dependency=afterok:${PRE}_") == 10
     assert text.count("--array=0-23") == 10 and "training/train.py" in text
+
+
+def test_damaged_files_and_bad_paths_give_one_clean_error(tmp_path, capsys):
+    bp_path = _custom(tmp_path, pretraining={"epochs": 1, "tasks": {"contrastive": {"runs": []}}})
+    bp = load_blueprint(bp_path)
+    parent = expand(bp)[0]
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("x")
+    assert cli_main(["generate", str(bp_path), "--out", str(a_file), "--only", parent.name]) == 2
+    assert "not-a-dir" in capsys.readouterr().err
+    train_model(bp, parent, tmp_path / "zoo", progress=False)
+    path = layout.model_dir(tmp_path / "zoo", parent)
+    (path / "result.json").write_text('{"epoch": 0, "train')  # truncated by a crash or an editor
+    (layout.checkpoint_dir(path, 1) / "manifest.json").write_text("{")
+    with pytest.raises(ZooError, match="manifest.json is damaged"):
+        verify_checkpoint(layout.checkpoint_dir(path, 1))
+    assert cli_main(["generate", str(bp_path), "--out", str(tmp_path / "zoo"), "--only", parent.name]) == 2
+    err = capsys.readouterr().err
+    assert "result.json is damaged" in err and "Traceback" not in err

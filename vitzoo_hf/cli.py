@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -39,7 +40,7 @@ def _plan(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     from vitzoo_hf.training import generate
 
-    generate(args.blueprint, args.out, only=args.only, num_processes=args.num_processes)
+    generate(args.blueprint, args.out, only=args.only, num_processes=args.num_processes, log_with=args.log_with)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME", help="train only these models (parents are required)")
     p.add_argument("--num-processes", type=int, default=1,
                    help="processes per model via `accelerate launch` (default 1: in this process)")
+    p.add_argument("--log-with", default=None, help="Accelerate tracker for metrics (tensorboard, wandb, ...)")
     p.set_defaults(func=_generate)
 
     add_hub_parser(sub)
@@ -72,12 +74,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZooError as err:
         print(f"vitzoo: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as err:  # unwritable --out, a path that is a file, a full disk, ...
+        print(f"vitzoo: error: {err.strerror or err}: {err.filename or ''}; check the path and permissions",
+              file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("vitzoo: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # output piped into `head` and the like
-        sys.stderr.close()
-        return 0
     return 0
 
 

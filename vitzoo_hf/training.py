@@ -239,6 +239,16 @@ def _write_json_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _read_json(path: Path, lines: bool = False) -> Any:
+    """Parse a zoo JSON file; a damaged one is a user-fixable error that names the file."""
+    try:
+        text = path.read_text()
+        return [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ZooError(f"{path} is damaged ({err}); delete it (or its checkpoint folder) and rerun the same "
+                       "command to regenerate it") from None
+
+
 def _fsync_tree(path: Path) -> None:
     for p in [*path.iterdir(), path]:
         fd = os.open(p, os.O_RDONLY)
@@ -272,7 +282,7 @@ def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
     if not manifest_path.is_file():
         raise ZooError(f"checkpoint {ckpt} has no {layout.MANIFEST_FILE}; it is not a vitzoo checkpoint or was "
                        "damaged: delete the folder and run the same command again to retrain that epoch")
-    manifest = json.loads(manifest_path.read_text())
+    manifest = _read_json(manifest_path)
     for name, digest in manifest["sha256"].items():
         file = ckpt / name
         if not file.is_file():
@@ -305,7 +315,7 @@ def save_checkpoint(model_path: Path, epoch: int, model: nn.Module, optimizer, r
     os.replace(tmp, final)
     previous = layout.checkpoint_dir(model_path, epoch - 1)
     if (previous / layout.TRAINING_STATE_FILE).exists():  # optimizer state is only needed to resume: keep one
-        old = json.loads((previous / layout.MANIFEST_FILE).read_text())
+        old = _read_json(previous / layout.MANIFEST_FILE)
         old["sha256"].pop(layout.TRAINING_STATE_FILE, None)
         _write_json_atomic(previous / layout.MANIFEST_FILE, json.dumps(old, indent=1))
         (previous / layout.TRAINING_STATE_FILE).unlink()
@@ -314,7 +324,7 @@ def save_checkpoint(model_path: Path, epoch: int, model: nn.Module, optimizer, r
 
 def read_results(model_path: Path) -> list[dict[str, Any]]:
     path = model_path / layout.RESULT_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return _read_json(path, lines=True) if path.exists() else []
 
 
 def is_complete(zoo_dir: Path, spec: ModelSpec) -> bool:
@@ -429,7 +439,7 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             shutil.rmtree(stale)
         cfg_path = path / layout.CONFIG_FILE
         if cfg_path.exists():
-            old = json.loads(cfg_path.read_text())
+            old = _read_json(cfg_path)
             if old.get("factors") != record["factors"] or old.get("architecture") != record["architecture"]:
                 raise ZooError(f"{path} holds a model trained with other settings; delete it or choose another --out")
         else:
@@ -576,6 +586,7 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
             train_model(bp, m, out, log_with=log_with, progress=progress)
         else:
             cmd = [*_launch_command(num_processes), "--blueprint", str(bp.source), "--model", m.name, "--out", str(out)]
+            cmd += ["--log-with", log_with] if log_with else []
             if subprocess.run(cmd).returncode != 0:
                 raise ZooError(f"training '{m.name}' failed in `{shlex.join(cmd)}` (see its output above)")
     return todo
@@ -626,6 +637,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SafetensorError as err:
         print(f"train.py: error: a checkpoint file is unreadable ({err}); delete it and rerun", file=sys.stderr)
+        return 2
+    except OSError as err:
+        print(f"train.py: error: {err.strerror or err}: {err.filename or ''}; check the path and permissions",
+              file=sys.stderr)
         return 2
     return 0
 
