@@ -215,3 +215,18 @@ def test_damaged_files_and_bad_paths_give_one_clean_error(tmp_path, capsys):
     assert cli_main(["generate", str(bp_path), "--out", str(tmp_path / "zoo"), "--only", parent.name]) == 2
     err = capsys.readouterr().err
     assert "result.json is damaged" in err and "Traceback" not in err
+
+
+def test_results_survive_a_crash_between_checkpoint_and_result_json(tmp_path):
+    bp_path = _custom(tmp_path, pretraining={"epochs": 2, "tasks": {"contrastive": {"runs": []}}})
+    bp = load_blueprint(bp_path)
+    spec = expand(bp)[0]
+    train_model(bp, spec, tmp_path / "zoo", progress=False)
+    path = layout.model_dir(tmp_path / "zoo", spec)
+    full = (path / "result.json").read_text()
+    (path / "result.json").write_text("".join(full.splitlines(keepends=True)[:1]))  # rows 1, 2 never written
+    assert not is_complete(tmp_path / "zoo", spec)
+    before = (layout.checkpoint_dir(path, 2) / "model.safetensors").read_bytes()
+    train_model(bp, spec, tmp_path / "zoo", progress=False)
+    assert (path / "result.json").read_text() == full and is_complete(tmp_path / "zoo", spec)
+    assert (layout.checkpoint_dir(path, 2) / "model.safetensors").read_bytes() == before  # nothing retrained

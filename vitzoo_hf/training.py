@@ -313,13 +313,24 @@ def save_checkpoint(model_path: Path, epoch: int, model: nn.Module, optimizer, r
     (tmp / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     _fsync_tree(tmp)
     os.replace(tmp, final)
-    previous = layout.checkpoint_dir(model_path, epoch - 1)
-    if (previous / layout.TRAINING_STATE_FILE).exists():  # optimizer state is only needed to resume: keep one
-        old = _read_json(previous / layout.MANIFEST_FILE)
-        old["sha256"].pop(layout.TRAINING_STATE_FILE, None)
-        _write_json_atomic(previous / layout.MANIFEST_FILE, json.dumps(old, indent=1))
-        (previous / layout.TRAINING_STATE_FILE).unlink()
+    for older_epoch, older in layout.checkpoints(model_path).items():  # optimizer state only serves a resume:
+        if older_epoch < epoch and (older / layout.TRAINING_STATE_FILE).exists():  # keep the newest only
+            old = _read_json(older / layout.MANIFEST_FILE)
+            old["sha256"].pop(layout.TRAINING_STATE_FILE, None)
+            _write_json_atomic(older / layout.MANIFEST_FILE, json.dumps(old, indent=1))
+            (older / layout.TRAINING_STATE_FILE).unlink()
     return digests
+
+
+def write_results(model_path: Path) -> list[dict[str, Any]]:
+    """Rebuild result.json from the checkpoints' manifests, so it can never disagree with them (even after a
+    crash between a checkpoint's rename and this write)."""
+    rows = []
+    for ckpt in layout.checkpoints(model_path).values():
+        manifest = _read_json(ckpt / layout.MANIFEST_FILE)
+        rows.append({**manifest["metrics"], "weights_sha256": manifest["sha256"][layout.WEIGHTS_FILE]})
+    _write_json_atomic(model_path / layout.RESULT_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
 
 
 def read_results(model_path: Path) -> list[dict[str, Any]]:
@@ -491,7 +502,6 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             model.load_state_dict(ZooViTForImageClassification.from_pretrained(done[last]).state_dict())
         load_optimizer_state(optimizer, done[last] / layout.TRAINING_STATE_FILE)
         start = last + 1
-    rows = read_results(path)[:start]
 
     modules = [model, optimizer, loaders["train"], loaders["eval_train"], loaders["eval_validation"]]
     if head is not None:
@@ -534,17 +544,17 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
                "validation_examples": val_m["examples"], "train_objective": objective,
                "seconds": round(time.perf_counter() - t0, 3)}
         if main:
-            digests = save_checkpoint(path, epoch, accelerator.unwrap_model(model), optimizer, row,
-                                      val_m["predictions"], accelerator.unwrap_model(head) if head else None)
-            row["weights_sha256"] = digests[layout.WEIGHTS_FILE]
-            rows.append(row)
-            _write_json_atomic(path / layout.RESULT_FILE, "".join(json.dumps(r) + "\n" for r in rows))
+            save_checkpoint(path, epoch, accelerator.unwrap_model(model), optimizer, row, val_m["predictions"],
+                            accelerator.unwrap_model(head) if head else None)
+            write_results(path)
             if progress:
                 tqdm.write(f"{spec.name} epoch {epoch}: train acc {row['train_accuracy']:.3f} "
                            f"val acc {row['validation_accuracy']:.3f} val loss {row['validation_loss']:.3f}")
         if log_with:
             accelerator.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=epoch)
         accelerator.wait_for_everyone()
+    if main:  # also covers a run killed after its last checkpoint landed but before result.json was written
+        write_results(path)
     if log_with:
         accelerator.end_training()
     return path
