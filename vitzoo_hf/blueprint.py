@@ -5,8 +5,12 @@ hyperparameters, and per task a list of (seed, batch size) runs) and a fine-tuni
 and a grid head × optimizer × learning rate × head seed). `expand()` turns it into `ModelSpec`s: the single
 place that names models and fixes their factors, imported by training, publishing and analysis alike.
 
-Blueprints are validated completely before anything runs: every problem is a `ZooError` whose one-line message
-names the key, the bad value and what is allowed.
+Blueprints are validated before anything runs: every problem is a `ZooError` whose one-line message names the
+key, the bad value and what is allowed. (What depends on the data itself, such as a `max_train` below the
+number of classes, is checked when the data set is loaded, with the same kind of message.)
+
+`ModelSpec.data_seed` derives from the model name, so from all factors including the head seed: as in the
+authors' code, where one seed drove head initialisation, data order and augmentation together.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import re
 import types
 import typing
@@ -32,6 +37,7 @@ HEADS = ("linear", "mlp")
 TASKS = ("supervised", "contrastive")
 STAGES = ("pretraining", "finetuning")
 MAX_REPO_NAME = 96
+MAX_SEED = 2**32  # what numpy and torch generators accept
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$|^[a-z0-9]$")
 
 # --------------------------------------------------------------------------------------------------------------
@@ -87,7 +93,7 @@ class DatasetRef:
         try:
             check_dataset_name(self.name)
         except ZooError as err:
-            raise ZooError(f"blueprint key '{path}.name': {err}") from None
+            raise ZooError(f"key '{path}.name': {err}") from None
         for name in ("max_train", "max_validation"):
             if getattr(self, name) is not None:
                 _positive(self, name, path)
@@ -136,6 +142,12 @@ class Views:
             _fail(f"{path}.crop_scale", list(self.crop_scale), "[low, high] with 0 < low <= high <= 1")
         if self.blur_kernel < 1 or self.blur_kernel % 2 == 0:
             _fail(f"{path}.blur_kernel", self.blur_kernel, "a positive odd integer")
+        b, c, s, h = self.color_jitter
+        if min(b, c, s) < 0 or not 0 <= h <= 0.5:
+            _fail(f"{path}.color_jitter", list(self.color_jitter),
+                  "[brightness, contrast, saturation, hue] with the first three >= 0 and hue in [0, 0.5]")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            _fail(f"{path}.blur_sigma", list(self.blur_sigma), "[low, high] with 0 < low <= high")
 
 
 @dataclass(frozen=True)
@@ -147,8 +159,8 @@ class Run:
 
     def _check(self, path: str) -> None:
         _positive(self, "batch_size", path)
-        if self.seed < 0:
-            _fail(f"{path}.seed", self.seed, "an integer >= 0")
+        if not 0 <= self.seed < MAX_SEED:
+            _fail(f"{path}.seed", self.seed, f"an integer in [0, {MAX_SEED})")
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,8 @@ class Contrastive:
     def _check(self, path: str) -> None:
         _positive(self, "temperature", path)
         _positive(self, "projection_dim", path)
+        if self.projection_hidden_size is not None:
+            _positive(self, "projection_hidden_size", path)
 
 
 @dataclass(frozen=True)
@@ -214,8 +228,8 @@ class Grid:
             if lr <= 0:
                 _fail(f"{path}.lr", lr, "positive learning rates")
         for seed in self.head_seed:
-            if seed < 0:
-                _fail(f"{path}.head_seed", seed, "integers >= 0")
+            if not 0 <= seed < MAX_SEED:
+                _fail(f"{path}.head_seed", seed, f"integers in [0, {MAX_SEED})")
 
 
 @dataclass(frozen=True)
@@ -251,6 +265,11 @@ class Blueprint:
     def _check(self, path: str) -> None:
         if not _NAME_RE.match(self.name) or "--" in self.name or len(self.name) > 40:
             _fail("name", self.name, "lower-case letters, digits and single '-', at most 40 characters")
+        size = self.architecture.image_size
+        for key, aug in (("pretraining.tasks.supervised.augmentation", self.pretraining.tasks.supervised.augmentation),
+                         ("finetuning.augmentation", self.finetuning.augmentation)):
+            if aug.resize is not None and aug.resize < size:
+                _fail(f"{key}.resize", aug.resize, f"a size >= architecture.image_size ({size}) to crop from")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved blueprint as plain data (recorded with every model)."""
@@ -493,8 +512,8 @@ def _build(tp: Any, value: Any, path: str) -> Any:
                 value = float(value)
             except ValueError:
                 _fail(key, value, "a number")
-        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-            _fail(key, value, "a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            _fail(key, value, "a finite number")
         return float(value)
     if tp is str:
         if not isinstance(value, str):

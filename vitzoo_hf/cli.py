@@ -1,17 +1,16 @@
 """The `vitzoo` command: plan a zoo, generate it, serve a local Hub.
 
-User mistakes surface as `ZooError`s: printed as one line on stderr, exit code 2, never a traceback.
+User mistakes (a `ZooError`, a bad path, a damaged file) are printed as one line on stderr with exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
-from vitzoo_hf.errors import ZooError
+from vitzoo_hf.errors import run_cli
 from vitzoo_hf.hub.cli import add_hub_parser
 
 
@@ -69,22 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except ZooError as err:
-        print(f"vitzoo: error: {err}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except OSError as err:  # unwritable --out, a path that is a file, a full disk, ...
-        print(f"vitzoo: error: {err.strerror or err}: {err.filename or ''}; check the path and permissions",
-              file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("vitzoo: interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return run_cli("vitzoo", lambda: args.func(args))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,11 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, names: list[str]) -> Da
 
 
 def _split(ds: Dataset) -> DatasetDict:
-    parts = ds.train_test_split(test_size=VALIDATION_FRACTION, seed=0, stratify_by_column="label")
+    try:
+        parts = ds.train_test_split(test_size=VALIDATION_FRACTION, seed=0, stratify_by_column="label")
+    except ValueError as err:  # a class too small to appear in both splits
+        raise ZooError(f"cannot split a validation set off this data set ({err}); give every class at least "
+                       "2 images, or provide a separate validation split") from None
     return DatasetDict(train=parts["train"], validation=parts["test"])
 
 
@@ -144,12 +148,16 @@ def load_splits(name: str, max_train: int | None = None, max_validation: int | N
     else:
         dd = _folder(name[len("folder:"):])
     caps = {"train": max_train, "validation": max_validation}
-    return DatasetDict({split: _cap(ds, caps[split]) for split, ds in dd.items()})
+    return DatasetDict({split: _cap(ds, caps[split], f"max_{split}") for split, ds in dd.items()})
 
 
-def _cap(ds: Dataset, n: int | None) -> Dataset:
+def _cap(ds: Dataset, n: int | None, key: str) -> Dataset:
     if n is None or n >= len(ds):
         return ds
+    classes = ds.features["label"].num_classes
+    if n < classes:
+        raise ZooError(f"{key} = {n} is below the number of classes ({classes}); a stratified subset needs at "
+                       "least one image per class: raise it or remove it")
     return ds.train_test_split(train_size=n, seed=0, stratify_by_column="label")["train"]
 
 

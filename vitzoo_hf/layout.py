@@ -6,8 +6,8 @@
         result.json                            one JSON line per epoch, epoch 0 = before any training
         checkpoint_NNNNNN/                     one per epoch, including 0; a `save_pretrained` folder plus
             manifest.json                      sha256 of every file in the checkpoint, and the epoch's metrics
-            validation_predictions.safetensors predicted class (or retrieval hit) per validation example
-            training_state.safetensors         optimizer state (kept in the newest checkpoint only)
+            validation_predictions.safetensors predicted class per validation example (classifiers)
+            training_state.safetensors         optimizer state (kept in the two newest checkpoints)
             projection_head.safetensors        contrastive backbones only: the SimCLR projector
 """
 

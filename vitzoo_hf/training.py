@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
 import random
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
@@ -47,11 +48,10 @@ from tqdm.auto import tqdm
 from vitzoo_hf import layout
 from vitzoo_hf.blueprint import Augmentation, Blueprint, ModelSpec, expand, find_model, load_blueprint
 from vitzoo_hf.data import class_names, load_splits
-from vitzoo_hf.errors import ZooError
+from vitzoo_hf.errors import ZooError, run_cli
 from vitzoo_hf.modeling import ZooViTConfig, ZooViTForImageClassification, ZooViTModel, build_head
-from vitzoo_hf.simclr import ProjectionHead, TwoViews, contrastive_loss
+from vitzoo_hf.simclr import IMAGENET_MEAN, IMAGENET_STD, ProjectionHead, TwoViews, contrastive_loss
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 EVAL_BATCH_SIZE = 256
 
 # --------------------------------------------------------------------------------------------------------------
@@ -72,7 +72,7 @@ def image_transforms(bp: Blueprint, aug: Augmentation) -> tuple[v2.Transform, v2
     size = bp.architecture.image_size
     resize = aug.resize or round(size * 8 / 7)
     # Geometry runs on the PIL image (3x faster than on tensors for small images), then convert.
-    head = [v2.RGB(), v2.Resize(resize, antialias=True)]
+    head = [v2.RGB(), v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)]
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     train = [*head, v2.RandomCrop(size)]
     if aug.rotation:
@@ -81,7 +81,7 @@ def image_transforms(bp: Blueprint, aug: Augmentation) -> tuple[v2.Transform, v2
         train.append(v2.RandomHorizontalFlip())
     train += tail
     if aug.random_erasing:
-        train.append(v2.RandomErasing(p=aug.random_erasing))
+        train.append(v2.RandomErasing(p=aug.random_erasing, value="random"))  # per-pixel noise, as timm's "pixel"
     return v2.Compose(train), v2.Compose([*head, v2.CenterCrop(size), *tail])
 
 
@@ -150,7 +150,8 @@ def contrastive_loaders(bp, splits, batch_size, generator):
 
 
 def train_step(model, optimizer, accelerator: Accelerator, x, soft_targets, label_smoothing: float) -> torch.Tensor:
-    """One supervised step on soft targets; the loss lives here, not in the model (see DEVELOPERS notes)."""
+    """One supervised step on soft targets; the loss lives here: soft labels passed to a transformers model
+    would flip it to multi-label BCE and save that in its config."""
     logits = model(pixel_values=x).logits
     loss = F.cross_entropy(logits, soft_targets, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -249,6 +250,17 @@ def _read_json(path: Path, lines: bool = False) -> Any:
                        "command to regenerate it") from None
 
 
+def _update_json(path: Path, key: str, value: Any) -> None:
+    data = _read_json(path)
+    if data.get(key) != value:
+        _write_json_atomic(path, json.dumps({**data, key: value}, indent=1))
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN/inf: a diverged run's metrics are recorded as null (the model stays in the zoo)."""
+    return value if not isinstance(value, float) or math.isfinite(value) else None
+
+
 def _fsync_tree(path: Path) -> None:
     for p in [*path.iterdir(), path]:
         fd = os.open(p, os.O_RDONLY)
@@ -313,8 +325,10 @@ def save_checkpoint(model_path: Path, epoch: int, model: nn.Module, optimizer, r
     (tmp / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     _fsync_tree(tmp)
     os.replace(tmp, final)
-    for older_epoch, older in layout.checkpoints(model_path).items():  # optimizer state only serves a resume:
-        if older_epoch < epoch and (older / layout.TRAINING_STATE_FILE).exists():  # keep the newest only
+    # Optimizer state only serves a resume: keep it in the two newest checkpoints, so deleting a damaged newest
+    # checkpoint (as verify_checkpoint advises) still leaves one to resume from.
+    for older_epoch, older in layout.checkpoints(model_path).items():
+        if older_epoch < epoch - 1 and (older / layout.TRAINING_STATE_FILE).exists():
             old = _read_json(older / layout.MANIFEST_FILE)
             old["sha256"].pop(layout.TRAINING_STATE_FILE, None)
             _write_json_atomic(older / layout.MANIFEST_FILE, json.dumps(old, indent=1))
@@ -375,11 +389,15 @@ def _seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+EPOCH_SEED_RULE = "(data_seed * 1000003 + epoch * 7919 + rank) mod 2**63"
+
+
 def _epoch_seed(spec: ModelSpec, epoch: int, rank: int = 0) -> int:
+    """See EPOCH_SEED_RULE (recorded in config.json)."""
     return (spec.data_seed * 1_000_003 + epoch * 7919 + rank) % 2**63
 
 
-def _model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator, per_process_batch: int) -> dict:
+def _model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None, per_process_batch: int) -> dict:
     stage = bp.pretraining if spec.stage == "pretraining" else bp.finetuning
     recipe: dict[str, Any] = {"dataset": asdict(stage.dataset), "normalization": {"mean": IMAGENET_MEAN,
                                                                                   "std": IMAGENET_STD}}
@@ -395,9 +413,10 @@ def _model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator, per_
     return {"name": spec.name, "stage": spec.stage, "task": spec.task, "parent": spec.parent,
             "factors": spec.factors(), "batch_size": spec.batch_size, "architecture": asdict(bp.architecture),
             "recipe": recipe,
-            "seeds": {"init": spec.seed, "data": spec.data_seed, "per_epoch": "data*1000003 + epoch*7919 + rank"},
+            "seeds": {"init": spec.seed, "data": spec.data_seed, "per_epoch": EPOCH_SEED_RULE},
             "distribution": {"num_processes": accelerator.num_processes, "per_process_batch_size": per_process_batch,
-                             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device)},
+                             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device)}
+            if accelerator else {"num_processes": None},
             "blueprint": {"name": bp.name, "source": bp.source}, "versions": _versions()}
 
 
@@ -431,9 +450,31 @@ def train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: str | Path, log_with: s
         return _train_model(bp, spec, Path(zoo_dir), log_with, progress)
 
 
+_SETTINGS = ("factors", "batch_size", "architecture", "recipe", "seeds")
+
+
+def check_settings(path: Path, record: dict[str, Any], resuming: bool) -> None:
+    """A model folder must hold the model the blueprint describes (same factors, recipe, seeds) and, to resume
+    bitwise, be resumed with the process count it started with; otherwise stop before training or skipping."""
+    cfg_path = path / layout.CONFIG_FILE
+    if not cfg_path.exists():
+        return
+    old = _read_json(cfg_path)
+    changed = [k for k in _SETTINGS if old.get(k) != json.loads(json.dumps(record[k]))]  # as stored: lists
+    if changed:
+        raise ZooError(f"{path} holds '{record['name']}' trained with other settings ({', '.join(changed)} differ "
+                       "from the blueprint); delete that folder to retrain it, or choose another --out")
+    before = (old.get("distribution") or {}).get("num_processes")
+    now = record["distribution"]["num_processes"]
+    if resuming and before != now:
+        raise ZooError(f"{path} was started with {before} process(es) and is resumed with {now}; its data order "
+                       f"depends on that: resume with {before}, or delete the folder to restart")
+
+
 def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | None, progress: bool) -> Path:
     path = layout.model_dir(zoo_dir, spec)
     if is_complete(zoo_dir, spec):
+        check_settings(path, _model_record(bp, spec, None, spec.batch_size), resuming=False)
         return path
     accelerator = _accelerator(log_with, path)
     n_proc, main = accelerator.num_processes, accelerator.is_main_process
@@ -444,17 +485,13 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
     record = _model_record(bp, spec, accelerator, per_process_batch)
     parent_ckpt = final_checkpoint(zoo_dir, find_model(bp, spec.parent)) if spec.parent else None
 
+    check_settings(path, record, resuming=True)  # on every rank, so no rank waits for one that raised
     if main:
         path.mkdir(parents=True, exist_ok=True)
         for stale in path.glob(".checkpoint_*.partial"):
             shutil.rmtree(stale)
-        cfg_path = path / layout.CONFIG_FILE
-        if cfg_path.exists():
-            old = _read_json(cfg_path)
-            if old.get("factors") != record["factors"] or old.get("architecture") != record["architecture"]:
-                raise ZooError(f"{path} holds a model trained with other settings; delete it or choose another --out")
-        else:
-            _write_json_atomic(cfg_path, json.dumps(record, indent=1))
+        if not (path / layout.CONFIG_FILE).exists():
+            _write_json_atomic(path / layout.CONFIG_FILE, json.dumps(record, indent=1))
     accelerator.wait_for_everyone()
 
     # Data
@@ -489,6 +526,10 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
     else:
         optimizer = torch.optim.SGD(params, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
 
+    if main:  # every optimizer hyperparameter, defaults included (betas, eps, nesterov, ...)
+        hparams = {k: v for k, v in optimizer.defaults.items() if isinstance(v, bool | int | float | str | tuple)}
+        _update_json(path / layout.CONFIG_FILE, "optimizer", {"name": type(optimizer).__name__, **hparams})
+
     # Resume from the last complete checkpoint
     done = layout.checkpoints(path)
     start = 0
@@ -500,7 +541,12 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             head.load_state_dict(ProjectionHead.load(done[last]).state_dict())
         else:
             model.load_state_dict(ZooViTForImageClassification.from_pretrained(done[last]).state_dict())
-        load_optimizer_state(optimizer, done[last] / layout.TRAINING_STATE_FILE)
+        state = done[last] / layout.TRAINING_STATE_FILE
+        if not state.exists():
+            raise ZooError(f"{done[last]} has no optimizer state to resume from (only the two newest checkpoints "
+                           "keep it); delete the checkpoints after the newest one that has "
+                           f"{layout.TRAINING_STATE_FILE}, or the whole folder, and rerun")
+        load_optimizer_state(optimizer, state)
         start = last + 1
 
     modules = [model, optimizer, loaders["train"], loaders["eval_train"], loaders["eval_validation"]]
@@ -528,7 +574,7 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             generator.manual_seed(_epoch_seed(spec, epoch))  # same data order on every process
             _seed(_epoch_seed(spec, epoch, accelerator.process_index))  # own augmentation per process
             model.train()
-            total, steps = torch.zeros(()), 0
+            total, steps = torch.zeros((), device=accelerator.device), 0
             bar = tqdm(train_loader, desc=f"{spec.name} {epoch}/{spec.epochs}", leave=False,
                        disable=not (main and progress))
             for batch in bar:
@@ -536,20 +582,23 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
                     loss = contrastive_step(model, head, optimizer, accelerator, *batch, temperature).loss.detach()
                 else:
                     loss = train_step(model, optimizer, accelerator, *batch, label_smoothing)
-                total, steps = total + loss.float().cpu(), steps + 1
-            objective = accelerator.reduce(total.to(accelerator.device), "mean").item() / max(steps, 1)
+                total, steps = total + loss.float(), steps + 1
+            objective = accelerator.reduce(total, "mean").item() / max(steps, 1)
         train_m, val_m = evaluate_all()
         row = {"epoch": epoch, "train_loss": train_m["loss"], "train_accuracy": train_m["accuracy"],
                "validation_loss": val_m["loss"], "validation_accuracy": val_m["accuracy"],
                "validation_examples": val_m["examples"], "train_objective": objective,
                "seconds": round(time.perf_counter() - t0, 3)}
+        row = {k: _finite(v) for k, v in row.items()}
         if main:
             save_checkpoint(path, epoch, accelerator.unwrap_model(model), optimizer, row, val_m["predictions"],
                             accelerator.unwrap_model(head) if head else None)
             write_results(path)
             if progress:
-                tqdm.write(f"{spec.name} epoch {epoch}: train acc {row['train_accuracy']:.3f} "
-                           f"val acc {row['validation_accuracy']:.3f} val loss {row['validation_loss']:.3f}")
+                shown = {k: "nan" if row[k] is None else f"{row[k]:.3f}"
+                         for k in ("train_accuracy", "validation_accuracy", "validation_loss")}
+                tqdm.write(f"{spec.name} epoch {epoch}: train acc {shown['train_accuracy']} "
+                           f"val acc {shown['validation_accuracy']} val loss {shown['validation_loss']}")
         if log_with:
             accelerator.log({k: v for k, v in row.items() if isinstance(v, int | float)}, step=epoch)
         accelerator.wait_for_everyone()
@@ -590,7 +639,12 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
                                "add the parent to --only")
     if num_processes < 1:
         raise ZooError(f"--num-processes must be >= 1, got {num_processes}")
-    todo = [m for m in models if not is_complete(out, m)]
+    todo = []
+    for m in models:
+        if is_complete(out, m):  # skipped, but only if it is the model this blueprint describes
+            check_settings(layout.model_dir(out, m), _model_record(bp, m, None, m.batch_size), resuming=False)
+        else:
+            todo.append(m)
     for m in tqdm(todo, desc=f"zoo {bp.name}", unit="model", disable=not progress):
         if num_processes == 1:
             train_model(bp, m, out, log_with=log_with, progress=progress)
@@ -639,20 +693,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-with", default=None, help="Accelerate tracker (tensorboard, wandb, ...)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> None:
         bp = load_blueprint(args.blueprint)
         train_model(bp, find_model(bp, args.model), args.out, log_with=args.log_with, progress=not args.no_progress)
-    except ZooError as err:
-        print(f"train.py: error: {err}", file=sys.stderr)
-        return 2
-    except SafetensorError as err:
-        print(f"train.py: error: a checkpoint file is unreadable ({err}); delete it and rerun", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"train.py: error: {err.strerror or err}: {err.filename or ''}; check the path and permissions",
-              file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli("train.py", body)
 
 
 if __name__ == "__main__":
