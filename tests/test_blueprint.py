@@ -125,7 +125,7 @@ def _merge(base, over):
 def _smoke_data() -> dict:
     from importlib import resources
 
-    return yaml.safe_load(resources.files("vitzoo_hf.blueprints").joinpath("smoke.yaml").read_text())
+    return yaml.safe_load(resources.files("vitzoo_hf").joinpath("blueprints").joinpath("smoke.yaml").read_text())
 
 
 @pytest.mark.parametrize(("patch", "needle"), BAD)

@@ -384,14 +384,14 @@ def find_model(bp: Blueprint, name: str) -> ModelSpec:
 
 
 def shipped_blueprints() -> list[str]:
-    return sorted(p.name[:-5] for p in resources.files("vitzoo_hf.blueprints").iterdir()
+    return sorted(p.name[:-5] for p in resources.files("vitzoo_hf").joinpath("blueprints").iterdir()
                   if p.name.endswith(".yaml"))
 
 
 def _read_yaml(ref: str) -> tuple[dict[str, Any], str]:
     path = Path(ref)
     if ref in shipped_blueprints() and not path.exists():
-        text, source = resources.files("vitzoo_hf.blueprints").joinpath(f"{ref}.yaml").read_text(), ref
+        text, source = resources.files("vitzoo_hf").joinpath("blueprints").joinpath(f"{ref}.yaml").read_text(), ref
     elif path.is_file():
         text, source = path.read_text(), str(path)
     else:
