@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from vitzoo_hf.blueprint import load_blueprint
 from vitzoo_hf.modeling import ZooViTForImageClassification
-from vitzoo_hf.training import _accelerator, model_config, train_step
+from vitzoo_hf.recipe import model_config
+from vitzoo_hf.training import _accelerator, train_step
 
 
 def bare_step(model, optimizer, x, soft, label_smoothing):
@@ -43,11 +44,11 @@ def main() -> None:
     size = bp.architecture.image_size
     batches = [(torch.randn(args.batch_size, 3, size, size),
                 torch.softmax(torch.randn(args.batch_size, 10), -1)) for _ in range(args.steps)]
-    base = ZooViTForImageClassification(model_config(bp, 10))
+    base = ZooViTForImageClassification(model_config(bp, [str(i) for i in range(10)]))
 
     bare_model = copy.deepcopy(base).train()
     bare_opt = torch.optim.AdamW(bare_model.parameters(), lr=1e-3)
-    accelerator = _accelerator(None, ".")
+    accelerator = _accelerator(None, ".", "no")
     ours_model = accelerator.prepare(copy.deepcopy(base).train())
     ours_opt = accelerator.prepare(torch.optim.AdamW(ours_model.parameters(), lr=1e-3))
 

@@ -68,7 +68,15 @@ def test_parents_come_before_children_and_factors_are_recorded():
         assert m.parent is None or m.parent in seen
         seen.add(m.name)
     assert len(models) == 75 and sum(m.stage == "finetuning" for m in models) == 72
-    assert len({m.data_seed for m in models}) == 75
+    # Data seeds: a backbone's is its run seed; a fine-tune's depends on (parent, head seed) only.
+    backbones = [m for m in models if m.stage == "pretraining"]
+    assert all(m.data_seed == m.seed for m in backbones)
+    kids = [m for m in models if m.stage == "finetuning"]
+    by_group: dict[tuple, set[int]] = {}
+    for k in kids:
+        by_group.setdefault((k.parent, k.seed), set()).add(k.data_seed)
+    assert all(len(seeds) == 1 for seeds in by_group.values())  # siblings sharing parent and head seed: one seed
+    assert len(set.union(*by_group.values())) == len(by_group) == 3 * 2  # distinct otherwise
 
 
 def test_smoke_covers_every_code_path():

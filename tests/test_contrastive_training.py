@@ -7,8 +7,8 @@ from transformers import AutoModel, ViTModel
 
 from vitzoo_hf import layout
 from vitzoo_hf.blueprint import expand
+from vitzoo_hf.checkpoints import verify_checkpoint
 from vitzoo_hf.simclr import ProjectionHead
-from vitzoo_hf.training import verify_checkpoint
 
 
 def test_contrastive_backbone_outputs(smoke_all):

@@ -16,9 +16,11 @@ from transformers import AutoModelForImageClassification
 
 from vitzoo_hf import layout
 from vitzoo_hf.blueprint import expand, load_blueprint
+from vitzoo_hf.checkpoints import is_complete, verify_checkpoint
 from vitzoo_hf.cli import main as cli_main
 from vitzoo_hf.errors import ZooError
-from vitzoo_hf.training import generate, is_complete, train_model, verify_checkpoint
+from vitzoo_hf.runner import generate
+from vitzoo_hf.training import train_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = [sys.executable, str(ROOT / "training" / "train.py"), "--no-progress"]
@@ -116,7 +118,7 @@ def test_two_process_run_counts_every_validation_example_once(tmp_path):
     assert [r["validation_examples"] for r in rows] == [37, 37]
     # The stored predictions are this model's, in data-set order: re-evaluate in one process and compare.
     from vitzoo_hf.data import load_splits
-    from vitzoo_hf.training import image_transforms
+    from vitzoo_hf.recipe import image_transforms
 
     ckpt = layout.checkpoint_dir(path, 1)
     model = AutoModelForImageClassification.from_pretrained(ckpt).eval()

@@ -9,8 +9,10 @@ Blueprints are validated before anything runs: every problem is a `ZooError` who
 key, the bad value and what is allowed. (What depends on the data itself, such as a `max_train` below the
 number of classes, is checked when the data set is loaded, with the same kind of message.)
 
-`ModelSpec.data_seed` derives from the model name, so from all factors including the head seed: as in the
-authors' code, where one seed drove head initialisation, data order and augmentation together.
+Seeds follow the authors' code, where one seed drove initialisation, data order and augmentation together: a
+backbone's run seed does all three; a fine-tune's head is drawn from its head seed, and its data order and
+augmentation from (parent, head seed) only (`ModelSpec.data_seed`, `DATA_SEED_RULE`), never from the other
+factors, so siblings differ in exactly their named factor.
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ TASKS = ("supervised", "contrastive")
 STAGES = ("pretraining", "finetuning")
 MAX_REPO_NAME = 96
 MAX_SEED = 2**32  # what numpy and torch generators accept
+DATA_SEED_RULE = ("pre-training: the run seed; fine-tuning: int(sha256('<parent>/head_seed=<head seed>')[:4 bytes]) "
+                  "& 0x7FFFFFFF; head initialisation: torch.manual_seed(head seed)")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]*[a-z0-9]$|^[a-z0-9]$")
 
 # --------------------------------------------------------------------------------------------------------------
@@ -260,6 +265,9 @@ class Blueprint:
     finetuning: Finetuning
     description: str = ""
     normalization: Literal["imagenet"] = "imagenet"
+    # Training precision on every launch path (not a generating factor: recorded, and a resume must match it).
+    # auto: bf16 on a CUDA GPU that supports it, else fp32 ("no"). `--mixed-precision` overrides it.
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     source: str = field(default="", compare=False)
 
     def _check(self, path: str) -> None:
@@ -314,8 +322,13 @@ class ModelSpec:
 
     @property
     def data_seed(self) -> int:
-        """Seed for data order and augmentation, derived from the name (hence from all factors)."""
-        return int.from_bytes(hashlib.sha256(self.name.encode()).digest()[:4], "big") & 0x7FFFFFFF
+        """Seed for data order and augmentation (DATA_SEED_RULE): a backbone's run seed; for a fine-tune, a hash
+        of (parent, head seed) only, so siblings that share both see the same batches and differ in exactly
+        their named factor (head, optimizer or lr)."""
+        if self.stage == "pretraining":
+            return self.seed
+        digest = hashlib.sha256(f"{self.parent}/head_seed={self.seed}".encode()).digest()
+        return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
     def to_record(self) -> dict[str, Any]:
         return {"name": self.name, "stage": self.stage, "parent": self.parent, **self.factors(),

@@ -20,7 +20,7 @@ def _plan(args: argparse.Namespace) -> None:
     bp = load_blueprint(args.blueprint)
     models = expand(bp)
     if args.slurm:
-        from vitzoo_hf.training import write_slurm_script
+        from vitzoo_hf.runner import write_slurm_script
 
         path = write_slurm_script(bp, models, args.slurm, args.out)
         print(f"wrote {path}: submit with `bash {path}`")
@@ -37,9 +37,10 @@ def _plan(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from vitzoo_hf.training import generate
+    from vitzoo_hf.runner import generate
 
-    generate(args.blueprint, args.out, only=args.only, num_processes=args.num_processes, log_with=args.log_with)
+    generate(args.blueprint, args.out, only=args.only, num_processes=args.num_processes, log_with=args.log_with,
+             mixed_precision=args.mixed_precision)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-processes", type=int, default=1,
                    help="processes per model via `accelerate launch` (default 1: in this process)")
     p.add_argument("--log-with", default=None, help="Accelerate tracker for metrics (tensorboard, wandb, ...)")
+    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=None,
+                   help="training precision (default: the blueprint's mixed_precision, itself 'auto': bf16 on a "
+                        "CUDA GPU that supports it, else fp32); recorded, and a resume must use the same")
     p.set_defaults(func=_generate)
 
     add_hub_parser(sub)
