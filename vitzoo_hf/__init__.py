@@ -19,4 +19,13 @@ ZooViTConfig.register_for_auto_class()
 ZooViTModel.register_for_auto_class("AutoModel")
 ZooViTForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
-__all__ = ["ZooError", "ZooViTConfig", "ZooViTForImageClassification", "ZooViTModel", "__version__"]
+__all__ = ["Zoo", "ZooError", "ZooViTConfig", "ZooViTForImageClassification", "ZooViTModel", "__version__"]
+
+
+def __getattr__(name: str):
+    """`vitzoo_hf.Zoo` is imported on first use (it pulls in datasets)."""
+    if name == "Zoo":
+        from vitzoo_hf.zoo import Zoo
+
+        return Zoo
+    raise AttributeError(f"module 'vitzoo_hf' has no attribute {name!r}")
