@@ -43,6 +43,29 @@ def _generate(args: argparse.Namespace) -> None:
              mixed_precision=args.mixed_precision)
 
 
+def _publish(args: argparse.Namespace) -> None:
+    from vitzoo_hf.publish import run
+
+    run(args)
+
+
+def _add_publish_parser(sub) -> None:
+    p = sub.add_parser("publish", help="publish a zoo folder to the Hub (a repo per model, a branch per epoch, "
+                                       "cards, metadata dataset, collection)")
+    p.add_argument("zoo_dir", help="zoo folder (the --out of `vitzoo generate`); read only")
+    p.add_argument("--namespace", required=True, help="Hub user or organisation that will own the repos")
+    p.add_argument("--endpoint", default=None,
+                   help="Hub URL (default: $HF_ENDPOINT or https://huggingface.co), e.g. a `vitzoo hub serve` URL")
+    p.add_argument("--private", action="store_true", help="create the repos (and the collection) private")
+    p.add_argument("--epochs", default="all", help="which checkpoints get a branch: all (default), final, or every:K "
+                                                "(epochs 0, K, 2K, ... and the final one)")
+    p.add_argument("--verify", action="store_true",
+                   help="upload nothing: compare every branch on the Hub with the zoo folder, report differences")
+    p.add_argument("--verbose", action="store_true", help="log every commit and branch")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_publish)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitzoo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -66,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "CUDA GPU that supports it, else fp32); recorded, and a resume must use the same")
     p.set_defaults(func=_generate)
 
+    _add_publish_parser(sub)
     add_hub_parser(sub)
     return parser
 

@@ -310,9 +310,11 @@ def parent_weights(models: dict[str, LocalModel], m: LocalModel) -> Path | None:
 def build_tables(models: list[LocalModel], namespace: str | None = None,
                  epochs: Callable[[LocalModel], list[int]] | None = None,
                  commits: dict[tuple[str, int], str] | None = None, with_labels: bool = True,
-                 statistics: Callable[[Path, Path | None], dict[str, Any]] | None = None) -> dict[str, Dataset]:
+                 statistics: Callable[[Path, Path | None], dict[str, Any]] | None = None,
+                 missing_labels: list[str] | None = None) -> dict[str, Dataset]:
     """The four tables of a zoo. `epochs(model)` selects the checkpoints (default: all); `commits` maps
-    (name, epoch) to a Hub commit sha; `with_labels=False` skips loading the validation sets."""
+    (name, epoch) to a Hub commit sha; `with_labels=False` skips loading the validation sets. A validation set
+    that cannot be loaded here is left out of `labels` and its key appended to `missing_labels`."""
     by_name = {m.name: m for m in models}
     chosen = {m.name: (epochs(m) if epochs else list(m.checkpoints)) for m in models}
     ckpt_rows, pred_rows = [], []
@@ -326,7 +328,13 @@ def build_tables(models: list[LocalModel], namespace: str | None = None,
     if with_labels:
         sets = {validation_set_key(m.record["recipe"]["dataset"]): m.record["recipe"]["dataset"] for m in models
                 if any(r["name"] == m.name for r in pred_rows)}
-        label_rows = [validation_labels(ds) for _, ds in sorted(sets.items())]
+        for key, ds in sorted(sets.items()):
+            try:
+                label_rows.append(validation_labels(ds))
+            except ZooError:
+                if missing_labels is None:
+                    raise
+                missing_labels.append(key)
     return {"models": _table("models", (model_row(m, namespace) for m in models)),
             "checkpoints": _table("checkpoints", ckpt_rows), "predictions": _table("predictions", pred_rows),
             "labels": _table("labels", label_rows)}

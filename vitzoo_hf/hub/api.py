@@ -49,9 +49,13 @@ def _token_hash(token: str) -> bytes:
 class HubApp:
     """All Hub semantics; stateless apart from the store and in-memory caches of immutable data."""
 
-    def __init__(self, store: Store, tokens: Iterable[str], user: str = "vitzoo", page_size: int = 1000) -> None:
+    def __init__(self, store: Store, tokens: Iterable[str], user: str = "vitzoo", page_size: int = 1000,
+                 orgs: Iterable[str] | None = None) -> None:
         self.store = store
         self.user = check_repo_part(user, "user name")
+        # None: every namespace is writable (a single-user hub). A list: only the user and these organisations,
+        # as on the real Hub (creating a repo elsewhere is refused with 403).
+        self.orgs = None if orgs is None else sorted({check_repo_part(o, "organisation") for o in orgs})
         self.page_size = page_size
         # Only hashes are kept, so a memory dump or a log line never reveals a token.
         self._token_hashes = [_token_hash(t) for t in tokens]
@@ -238,7 +242,8 @@ class HubApp:
     def _whoami(self, req: Request) -> Response:
         if not self._authed(req):
             raise Unauthorized("Invalid user token.")
-        namespaces = {r.namespace for t in ("model", "dataset") for r in self.store.list_repos(t)}
+        namespaces = set(self.orgs) if self.orgs is not None else {
+            r.namespace for t in ("model", "dataset") for r in self.store.list_repos(t)}
         orgs = [{"type": "org", "name": ns} for ns in sorted(namespaces - {self.user})]
         return json_response({"type": "user", "name": self.user, "fullname": self.user, "email": None,
                               "orgs": orgs,
@@ -258,6 +263,10 @@ class HubApp:
         repo_type = self._body_repo_type(body)
         repo_id = f"{body.get('organization') or self.user}/{body.get('name') or ''}"
         check_repo_id(repo_id)
+        namespace = repo_id.split("/", 1)[0]
+        if self.orgs is not None and namespace != self.user and namespace not in self.orgs:
+            raise HubError(f"You don't have the rights to create a repo under the namespace {namespace!r}",
+                           status=403)
         private = bool(body.get("private")) or body.get("visibility") == "private"
         url = self._repo_url(req, repo_id, repo_type)
         try:

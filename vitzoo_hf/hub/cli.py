@@ -27,6 +27,9 @@ def add_hub_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                        help=f"write token (repeatable; also read from ${TOKENS_ENV}, comma-separated). "
                             "One is generated and printed if none is given.")
     serve.add_argument("--user", default="vitzoo", help="user name reported to clients (default: vitzoo)")
+    serve.add_argument("--org", action="append", default=None,
+                       help="an organisation the user belongs to (repeatable); when given, repos can only be "
+                            "created under the user's name and these (default: any namespace)")
     serve.add_argument("--allow-remote", action="store_true",
                        help="allow binding a non-loopback address (anyone who can reach it can read public repos)")
     serve.add_argument("--verbose", action="store_true", help="log every request (paths only) to stderr")
@@ -53,7 +56,7 @@ def run_serve(args: argparse.Namespace) -> None:
         tokens = [generated]
     try:
         server = HubServer(args.root, tokens, host=args.host, port=args.port, user=args.user,
-                           allow_remote=args.allow_remote, verbose=args.verbose)
+                           allow_remote=args.allow_remote, verbose=args.verbose, orgs=args.org)
     except OSError as e:
         raise ZooError(f"Cannot serve on {args.host}:{args.port}: {e.strerror or e}. "
                        "Pick another --port (or stop the other server).") from None

@@ -156,17 +156,19 @@ class LocalHub:
 
 @contextlib.contextmanager
 def local_hub(root: str | os.PathLike[str], *, token: str | None = None, host: str = "127.0.0.1",
-              port: int = 0, user: str = "vitzoo", page_size: int = 1000) -> Iterator[LocalHub]:
+              port: int = 0, user: str = "vitzoo", page_size: int = 1000,
+              orgs: list[str] | None = None) -> Iterator[LocalHub]:
     """Serve ``root`` on a free port in a background thread and configure the clients for it.
 
     Inside the block ``HfApi()``, ``hf_hub_download``, ``datasets.load_dataset``/``push_to_hub`` and
     ``transformers`` ``from_pretrained``/``push_to_hub`` all talk to the local hub, with ``token`` (generated when
-    not given) as ``HF_TOKEN``. Previous settings are restored and the server stopped on exit.
+    not given) as ``HF_TOKEN``. ``orgs`` restricts writes to the user's and these namespaces (default: any).
+    Previous settings are restored and the server stopped on exit.
     """
     from .server import HubServer
 
     token = token or secrets.token_urlsafe(24)
-    server = HubServer(root, [token], host=host, port=port, user=user, page_size=page_size).start()
+    server = HubServer(root, [token], host=host, port=port, user=user, page_size=page_size, orgs=orgs).start()
     try:
         with configure_clients(server.endpoint, token, local=True):
             yield LocalHub(server, token)

@@ -158,7 +158,7 @@ class HubServer:
 
     def __init__(self, root: str | Path, tokens: list[str], host: str = "127.0.0.1", port: int = 8470,
                  user: str = "vitzoo", allow_remote: bool = False, page_size: int = 1000,
-                 verbose: bool = False) -> None:
+                 verbose: bool = False, orgs: list[str] | None = None) -> None:
         from .api import HubApp
         from .storage import Store
 
@@ -166,7 +166,7 @@ class HubServer:
             raise ValueError(f"refusing to bind {host}: not a loopback address (pass allow_remote=True)")
         self.store = Store(root)
         try:
-            self.app = HubApp(self.store, tokens, user=user, page_size=page_size)
+            self.app = HubApp(self.store, tokens, user=user, page_size=page_size, orgs=orgs)
             self.httpd = HubHTTPServer((host, port), self.app, verbose=verbose)
         except BaseException:
             self.store.close()
