@@ -95,3 +95,34 @@ def test_open_and_bad_sources(smoke_zoo, tmp_path):
     (broken / layout.CONFIG_FILE).write_text("{not json")
     with pytest.raises(ZooError, match="damaged"):
         Zoo.from_dir(tmp_path / "broken")
+
+
+def test_from_hub_equals_from_dir(pubhub):
+    """The same zoo read from its folder and from the Hub: equal tables (the Hub adds `commit`), equal tensors."""
+    hub = Zoo.from_hub(pubhub.meta)
+    local = Zoo.from_dir(pubhub.zoo_dir, namespace=pubhub.namespace)
+    assert hub.name == local.name == "smoke"
+    assert hub.models.to_list() == local.models.to_list()
+    assert hub.models.features == local.models.features
+    hub_ckpts = hub.checkpoints.to_list()
+    assert all(len(r["commit"]) == 40 for r in hub_ckpts)
+    assert [{**r, "commit": None} for r in hub_ckpts] == local.checkpoints.to_list()
+    assert hub.predictions_table().to_list() == local.predictions_table().to_list()
+    assert hub.labels_table().to_list() == local.labels_table().to_list()
+    assert sorted(hub.lineage()) == sorted(local.lineage())
+    for name in (hub.names[0], hub.names[-1]):
+        for epoch in (0, None):
+            a, b = hub.state_dict(name, epoch), local.state_dict(name, epoch)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert hub.record(name) == local.record(name)
+    ft = hub.names[-1]
+    assert torch.equal(hub.predictions(ft, 1), local.predictions(ft, 1))
+    assert torch.equal(hub.labels(ft), local.labels(ft))
+    model = hub.load_model(ft, 1)
+    assert all(torch.equal(v, local.state_dict(ft, 1)[k]) for k, v in model.state_dict().items())
+    # reads go through the HF cache: a second read downloads nothing new
+    path = hub.weights_path(ft, 1)
+    assert hub.weights_path(ft, 1) == path and "snapshots" in path.parts
+    assert Zoo.open(pubhub.meta).name == "smoke"
+    with pytest.raises(ZooError, match="does not exist or is private"):
+        Zoo.from_hub("zoo-org/nothing-metadata")

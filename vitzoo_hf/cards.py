@@ -73,7 +73,7 @@ def _fmt(v: Any) -> str:
 
 
 def render_model_card(zoo: str, model: dict[str, Any], record: dict[str, Any], results: list[dict[str, Any]],
-                      children: list[str], siblings: int, zoo_size: int, metadata_repo: str, endpoint: str,
+                      children: list[str], siblings: int, zoo_size: int, metadata_repo: str,
                       parent_dataset: str | None = None) -> str:
     """The README.md of a model repo (identical on every branch)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -114,10 +114,10 @@ def render_model_card(zoo: str, model: dict[str, Any], record: dict[str, Any], r
     card = ModelCard.from_template(
         data, template_str=template("model_card.md"), name=model["name"], summary=summary, zoo=zoo,
         zoo_size=zoo_size, blueprint=record.get("blueprint", {}).get("source", zoo), metadata_repo=metadata_repo,
-        metadata_url=f"{endpoint}/datasets/{metadata_repo}", factors=factors, recipe=recipe,
+        metadata_url=f"/datasets/{metadata_repo}", factors=factors, recipe=recipe,
         final_epoch=model["final_epoch"], parent=model["parent"], parent_repo=model["parent_repo_id"],
-        parent_url=f"{endpoint}/{model['parent_repo_id']}", siblings=siblings, children=children,
-        task=model["task"], endpoint=endpoint, contrastive=contrastive, epochs=epochs, metric_note=metric_note,
+        parent_url=f"/{model['parent_repo_id']}", siblings=siblings, children=children,
+        task=model["task"], contrastive=contrastive, epochs=epochs, metric_note=metric_note,
         auto_class="AutoModel" if contrastive else "AutoModelForImageClassification", repo_id=model["repo_id"],
         data_terms=terms, citation=CITATION,
     )

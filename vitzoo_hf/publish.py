@@ -334,7 +334,7 @@ class Publisher:
         self.rows = {r["name"]: r for r in metadata._table(
             "models", (metadata.model_row(m, self.namespace) for m in self.models))}
 
-    def card(self, m: metadata.LocalModel, endpoint: str) -> str:
+    def card(self, m: metadata.LocalModel) -> str:
         from vitzoo_hf.cards import render_model_card
 
         row = self.rows[m.name]
@@ -343,7 +343,7 @@ class Publisher:
                                                                                                   else 0)
         parent_ds = self.rows[m.parent]["dataset"] if m.parent in self.rows else None
         return render_model_card(self.zoo, row, m.record, m.results, children, siblings, len(self.models),
-                                 self.meta_repo, endpoint, parent_dataset=parent_ds)
+                                 self.meta_repo, parent_dataset=parent_ds)
 
     # ---- one model repo ----------------------------------------------------------------------------------------
 
@@ -383,11 +383,11 @@ class Publisher:
         self.api.preupload_lfs_files(repo_id, [f.operation() for f in big.values()], revision="main")
         self.report.bytes_preuploaded += sum(f.size for f in big.values())
 
-    def publish_model(self, m: metadata.LocalModel, endpoint: str) -> dict[int, str]:
+    def publish_model(self, m: metadata.LocalModel) -> dict[int, str]:
         """Bring one model repo in line with the local model; return {epoch: commit sha} of its branches."""
         repo = f"{self.namespace}/{m.name}"
         epochs, final = self.chosen[m.name], m.final_epoch
-        card = self.card(m, endpoint)
+        card = self.card(m)
         desired = {e: checkpoint_files(m, e, card) for e in epochs}
         refs = self._refs(repo, create=not self.verify_only)
         if refs is None:
@@ -513,7 +513,6 @@ class Publisher:
     # ---- the whole run -----------------------------------------------------------------------------------------
 
     def run(self) -> Report:
-        from huggingface_hub import constants
         from tqdm.auto import tqdm
 
         t0 = time.perf_counter()
@@ -523,13 +522,12 @@ class Publisher:
         self.verify_local(self.models, self.chosen)
         if not self.verify_only:
             self.check_namespace(who, self.meta_repo)
-        endpoint = constants.ENDPOINT
         commits: dict[tuple[str, int], str] = {}
         bar = tqdm(self.models, desc=f"{'verify' if self.verify_only else 'publish'} {self.zoo}", unit="repo",
                    disable=not self.progress)
         for m in bar:
             bar.set_postfix_str(m.name[-40:], refresh=False)
-            shas = with_retries(f"publishing {self.namespace}/{m.name}", lambda m=m: self.publish_model(m, endpoint),
+            shas = with_retries(f"publishing {self.namespace}/{m.name}", lambda m=m: self.publish_model(m),
                                 self.log)
             commits.update({(m.name, e): sha for e, sha in shas.items()})
             self.report.repos += 1
@@ -537,7 +535,7 @@ class Publisher:
         slug = with_retries("creating the collection", self.collection, self.log)
         self.report.collection = slug
         self.report.metadata_repo = self.meta_repo
-        collection_url = f"{endpoint}/collections/{slug}" if slug else endpoint
+        collection_url = f"/collections/{slug}" if slug else "/collections"
         with_retries(f"publishing {self.meta_repo}", lambda: self.publish_metadata(commits, collection_url),
                      self.log)
         self.report.seconds = time.perf_counter() - t0
