@@ -117,6 +117,12 @@ def test_transformers_loads_a_branch_without_vitzoo_hf(pubhub, tmp_path):
         x = torch.randn(3, 3, 16, 16)
         with torch.no_grad():
             save_file({{"logits": model(pixel_values=x).logits}}, sys.argv[1])
+        import json, numpy as np
+        from PIL import Image
+        from transformers import pipeline
+        image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (8, 8), dtype=np.uint8)).convert("RGB")
+        classify = pipeline("image-classification", model={repo!r}, revision="epoch-001", trust_remote_code=True)
+        print(json.dumps(classify(image, top_k=3)))
         assert not any(m == "vitzoo_hf" or m.startswith("vitzoo_hf.") for m in sys.modules), "vitzoo_hf imported"
         print(type(model).__name__)
     """)
@@ -126,7 +132,8 @@ def test_transformers_loads_a_branch_without_vitzoo_hf(pubhub, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(out)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip() == "ZooViTForImageClassification"
+    top3, name = proc.stdout.strip().splitlines()[-2:]
+    assert name == "ZooViTForImageClassification"
     from safetensors.torch import load_file
 
     ckpt = Path(pubhub.zoo_dir) / "finetuning" / str(spec.parent) / spec.name / "checkpoint_000001"
@@ -136,6 +143,18 @@ def test_transformers_loads_a_branch_without_vitzoo_hf(pubhub, tmp_path):
     with torch.no_grad():
         expected = local(pixel_values=x).logits
     torch.testing.assert_close(load_file(str(out))["logits"], expected, rtol=0, atol=0)
+    # the pipeline (image processor + id2label from the branch) agrees with the local checkpoint
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    image = Image.fromarray(np.random.RandomState(0).randint(0, 256, (8, 8), dtype=np.uint8)).convert("RGB")
+    with torch.no_grad():
+        probs = local(**AutoImageProcessor.from_pretrained(ckpt)(image, return_tensors="pt")).logits.softmax(-1)[0]
+    scores, ids = probs.topk(3)
+    got = json.loads(top3)
+    assert [g["label"] for g in got] == [local.config.id2label[int(i)] for i in ids]
+    assert [g["score"] for g in got] == pytest.approx(scores.tolist(), abs=1e-5)
 
 
 def test_second_publish_makes_no_commit(pubhub):
@@ -203,6 +222,22 @@ def test_killed_publish_resumes_to_the_same_state_and_altered_files_are_reported
         assert len(report.repaired) == 1 and f"{repo}@epoch-001: model.safetensors" in report.repaired[0]
         assert report.commits == 2  # the repair, and the metadata's `commit` of that branch
         publish(pubhub.zoo_dir, "zoo-org", endpoint=hub.endpoint, verify_only=True, progress=False)
+
+
+def test_adding_epochs_later_never_moves_main_back(pubhub, tmp_path):
+    reference = hub_state(HfApi(), "zoo-org")
+    with local_hub(tmp_path / "hub3", token=pubhub.token) as hub:
+        api = HfApi()
+        publish(pubhub.zoo_dir, "zoo-org", endpoint=hub.endpoint, epochs="final", progress=False)
+        repos = [m.id for m in api.list_models(author="zoo-org")]
+        heads = {r: {b.name: b.target_commit for b in api.list_repo_refs(r).branches} for r in repos}
+        assert all(set(h) == {"main", "epoch-002"} and h["main"] == h["epoch-002"] for h in heads.values())
+        report = publish(pubhub.zoo_dir, "zoo-org", endpoint=hub.endpoint, epochs="every:1", progress=False)
+        assert report.branches_created == 2 * len(repos) and report.repaired == []
+        after = hub_state(api, "zoo-org")
+        for r in repos:  # main and epoch-002 untouched; the new branches equal an all-epochs publish's
+            assert {b.name: b.target_commit for b in api.list_repo_refs(r).branches if b.name in heads[r]} == heads[r]
+            assert after[r]["branches"] == reference[r]["branches"]
 
 
 def test_publishing_never_writes_into_the_zoo(pubhub):

@@ -5,12 +5,11 @@ publishing pushes the very same tables (plus the Hub commit of every checkpoint)
 dataset repo, and `vitzoo_hf.Zoo` reads them back from either place. The columns are documented in `COLUMNS`
 (that text also becomes the dataset card), so code, card and tables cannot drift apart.
 
-Torch-free on purpose: publishing and table building need no tensors (predictions are read with numpy).
+Predictions are read with numpy (no tensors needed to build tables).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from datasets import Dataset, Features, List, Value
 
 from vitzoo_hf import layout
+from vitzoo_hf.checkpoints import read_json
 from vitzoo_hf.errors import ZooError
 
 CONFIGS = ("models", "checkpoints", "predictions", "labels")
@@ -133,16 +133,6 @@ def metadata_repo_name(zoo: str) -> str:
 def validation_set_key(dataset: dict[str, Any]) -> str:
     cap = dataset.get("max_validation")
     return f"{dataset['name']}:validation:{'all' if cap is None else cap}"
-
-
-def read_json(path: Path, lines: bool = False) -> Any:
-    """Parse a zoo JSON file; a damaged one is a user-fixable error that names the file."""
-    try:
-        text = path.read_text()
-        return [json.loads(line) for line in text.splitlines() if line.strip()] if lines else json.loads(text)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ZooError(f"{path} is damaged ({err}); regenerate it with `vitzoo generate` (rerun the same "
-                       "command) or restore it from a backup") from None
 
 
 # --------------------------------------------------------------------------------------------------------------

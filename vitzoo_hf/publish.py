@@ -14,7 +14,9 @@ Why publishing is idempotent and resumable: every step compares the Hub's tree (
 download) with the local files and commits only differences. A new branch is created only *from a complete
 commit*: each epoch is first committed to `main` (one atomic commit with all its files), then `epoch-NNN` is
 created at that commit; so `main` walks through the epochs and ends at the final one, and a kill at any point
-leaves only complete branches (and `main` at a complete, earlier epoch until the rerun moves it on). Existing
+leaves only complete branches (and `main` at a complete, earlier epoch until the rerun moves it on). Epochs
+added once `main` holds the final one (`--epochs final`, later `all`) walk a scratch branch instead, so `main`
+never goes back. Existing
 branches whose files differ from the local ones (altered on the Hub, or the zoo changed) get one commit on that
 branch, and are reported. After committing, every touched branch is listed again and compared file by file.
 """
@@ -38,6 +40,7 @@ from vitzoo_hf import layout, metadata
 from vitzoo_hf.errors import ZooError
 from vitzoo_hf.zoo import TRAINING_DIR
 
+SCRATCH_BRANCH = "vitzoo-publishing"  # a working ref for epochs added after main holds the final one; deleted after
 RETRY_STATUS = (408, 412, 429, 500, 502, 503, 504)  # 412: the branch moved under us; re-plan and retry
 MAX_ATTEMPTS = 6
 
@@ -312,7 +315,7 @@ class Publisher:
     def verify_local(self, models: list[metadata.LocalModel], chosen: dict[str, list[int]]) -> None:
         from tqdm.auto import tqdm
 
-        from vitzoo_hf.training import verify_checkpoint
+        from vitzoo_hf.checkpoints import verify_checkpoint
 
         todo = [(m, e) for m in models for e in chosen[m.name]]
         for m, e in tqdm(todo, desc="verify zoo", unit="ckpt", disable=not self.progress, leave=False):
@@ -422,27 +425,40 @@ class Publisher:
             needed += [desired[e][p] for p in (paths if kind == "update" else desired[e])]
         self._preupload(repo, needed)
         touched: dict[str, int] = {}
-        main_sha = refs["main"]
+        # New epochs are committed onto a walking branch, then branched off its complete commit. That is `main`,
+        # unless main already holds the final epoch (epochs added later): then a scratch branch, so main never
+        # goes back.
+        main_done = not diff(desired[final], main_files)
+        walker = SCRATCH_BRANCH if main_done and any(kind == "create" for kind, _, _ in steps) else "main"
+        if SCRATCH_BRANCH in refs:  # left by a killed run
+            self.api.delete_branch(repo, branch=SCRATCH_BRANCH)
+        if walker == SCRATCH_BRANCH:
+            self.api.create_branch(repo, branch=SCRATCH_BRANCH, revision=refs["main"])
+        walker_sha, walker_files = refs["main"], dict(main_files)
         for kind, e, paths in steps:
             b = metadata.branch_name(e)
             msg = f"{m.name}: epoch {e} ({b})"
             if kind == "update":
                 refs[b] = self._commit(repo, b, [desired[e][p] for p in paths], refs[b], f"Update {msg}")
-            else:  # commit the epoch to main (atomic), then branch off that complete commit
-                changed = [desired[e][p] for p, _ in diff(desired[e], main_files)]
+            else:  # commit the epoch (atomic), then branch off that complete commit
+                changed = [desired[e][p] for p, _ in diff(desired[e], walker_files)]
                 if changed:
-                    main_sha = self._commit(repo, "main", changed, main_sha, f"Publish {msg}")
-                    main_files.update({f.path: _RemoteLike.from_file(f) for f in changed})
-                self.api.create_branch(repo, branch=b, revision=main_sha, exist_ok=False)
+                    walker_sha = self._commit(repo, walker, changed, walker_sha, f"Publish {msg}")
+                    walker_files.update({f.path: _RemoteLike.from_file(f) for f in changed})
+                self.api.create_branch(repo, branch=b, revision=walker_sha, exist_ok=False)
                 self.report.branches_created += 1
-                refs[b] = main_sha
-                self.detail(f"branch {repo}@{b} -> {main_sha[:10]}")
+                refs[b] = walker_sha
+                self.detail(f"branch {repo}@{b} -> {walker_sha[:10]}")
             touched[b] = e
+        if walker == SCRATCH_BRANCH:
+            self.api.delete_branch(repo, branch=SCRATCH_BRANCH)
+        else:
+            refs["main"], main_files = walker_sha, walker_files
         changed = [desired[final][p] for p, _ in diff(desired[final], main_files)]
         if changed:
-            main_sha = self._commit(repo, "main", changed, main_sha, f"Publish {m.name}: final epoch {final}")
+            refs["main"] = self._commit(repo, "main", changed, refs["main"],
+                                        f"Publish {m.name}: final epoch {final}")
             touched["main"] = final
-        refs["main"] = main_sha
         # Verify every branch we touched against the local files (LFS sha256 / git blob ids from the tree API).
         for b, e in touched.items():
             bad = diff(desired[e], self._tree(repo, refs[b]))

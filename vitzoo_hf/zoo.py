@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vitzoo_hf import layout, metadata
+from vitzoo_hf.checkpoints import read_json
 from vitzoo_hf.errors import ZooError
 
 if TYPE_CHECKING:
@@ -289,7 +290,7 @@ class _HubZoo(Zoo):
         return Path(hf_hub_download(repo, filename, revision=rev))
 
     def _record(self, name: str) -> dict[str, Any]:
-        return metadata.read_json(self._file(name, None, f"{TRAINING_DIR}/{layout.CONFIG_FILE}"))
+        return read_json(self._file(name, None, f"{TRAINING_DIR}/{layout.CONFIG_FILE}"))
 
     def _model_source(self, name: str, epoch: int | None) -> tuple[str, dict[str, Any]]:
         repo, rev = self._revision(name, epoch)
