@@ -26,6 +26,8 @@ def _plt():
 def accuracy_over_epochs(pop: Population, path: Path) -> Path:
     """Validation accuracy of the fine-tuned models over epochs: mean and min–max band per factor value."""
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator
+
     factors = {m["name"]: m for m in pop.finetuned}
     curves: dict[str, dict[int, float]] = defaultdict(dict)
     for c in pop.checkpoints:
@@ -45,6 +47,7 @@ def accuracy_over_epochs(pop: Population, path: Path) -> Path:
             ax.fill_between(epochs, np.nanmin(ys, 0), np.nanmax(ys, 0), color=line.get_color(), alpha=0.15)
         ax.set_title(f"by {title}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     for ax in axes[:, 0]:
@@ -92,7 +95,7 @@ def distance_matrix(pop: Population, path: Path) -> Path:
         ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
         ax.set_yticks(range(n), labels, fontsize=6)
     how = "estimated from sketches" if pop.distance_method == "sketch" else "exact"
-    ax.set_title(f"zoo {pop.name}: L2 distances between final checkpoints ({how})")
+    ax.set_title(f"zoo {pop.name}: L2 distances between\nfinal checkpoints ({how})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
