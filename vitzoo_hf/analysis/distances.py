@@ -24,7 +24,7 @@ from numba import njit
 from vitzoo_hf.analysis.backbone import flat, open_checkpoint
 from vitzoo_hf.errors import ZooError
 
-BLOCK_MEMORY = 256 << 20  # bytes of float64 block (N models x block elements) held at a time
+BLOCK_MEMORY = 128 << 20  # bytes of float64 block (N models x block elements) held at a time
 
 
 @njit(cache=True, fastmath=True, nogil=True)
@@ -137,10 +137,10 @@ def pairwise_distances(paths: Sequence[str | Path], scope: str = "backbone", ref
         shapes = mine if shapes is None else {k: shapes[k] for k in shared_keys(shapes, mine)}
     acc = GramAccumulator(len(paths), reference)
     plan = _segments(shapes, block or _block_size(len(paths)))
-    buf = np.empty((len(paths), max(sum(s[3] for s in b) for b in plan)))
+    buf = np.empty(len(paths) * max(sum(s[3] for s in b) for b in plan))
     for segs in tqdm(plan, desc="pairwise distances", unit="block", disable=not progress):
         width = sum(s[3] for s in segs)
-        x = buf[:, :width]
+        x = buf[:len(paths) * width].reshape(len(paths), width)  # contiguous: the Gram product copies nothing
         for i, p in enumerate(paths):
             with open_checkpoint(p, scope) as r:
                 off = 0

@@ -17,6 +17,7 @@ from vitzoo_hf.analysis.population import Population, collect
 from vitzoo_hf.errors import ZooError
 
 STATS_FILE = "checkpoint_stats.csv"
+CHECKPOINTS_PARQUET = "checkpoints/train-00000-of-00001.parquet"  # where `vitzoo publish` puts the config
 STATS_HEADER = ("model", "epoch", "skewness", "kurtosis", "l2_norm", "l2_to_parent")
 
 
@@ -91,17 +92,21 @@ def analyze(source: str | Path, out: str | Path, threshold: float = 0.65, update
 
 
 def push_statistics(zoo, pop: Population) -> bool:
-    """Push the `checkpoints` config with every statistic filled to the zoo's metadata repo (one commit);
-    False when the metadata already had them all."""
+    """Replace the metadata repo's `checkpoints` Parquet file with one whose statistics are all filled: one
+    commit on top of the revision the analysis read (so a concurrent update is never overwritten). False when
+    the metadata already had every statistic."""
     if pop.filled == 0:
         return False
     from datasets import Dataset
+    from huggingface_hub import CommitOperationAdd, HfApi
 
     from vitzoo_hf.metadata import FEATURES
 
     features = FEATURES["checkpoints"]
-    rows = pop.checkpoints
-    table = Dataset.from_dict({c: [r.get(c) for r in rows] for c in features}, features=features)
-    table.push_to_hub(zoo.repo_id, config_name="checkpoints",
-                      commit_message=f"Analysis statistics for {pop.filled} checkpoints (vitzoo analyze)")
+    table = Dataset.from_dict({c: [r.get(c) for r in pop.checkpoints] for c in features}, features=features)
+    buf = io.BytesIO()
+    table.to_parquet(buf)
+    HfApi().create_commit(zoo.repo_id, repo_type="dataset", parent_commit=getattr(zoo, "revision", None),
+                          operations=[CommitOperationAdd(CHECKPOINTS_PARQUET, buf.getvalue())],
+                          commit_message=f"Analysis statistics for {pop.filled} checkpoints (vitzoo analyze)")
     return True
