@@ -82,6 +82,9 @@ def test_moments_have_no_cancellation_for_offset_tensors():
         assert _close(m.kurtosis, float(scipy.stats.kurtosis(x)))
         assert _close(m.l2_norm, float(np.linalg.norm(x)))
     assert math.isnan(Moments.of(np.ones(10, np.float32)).kurtosis)  # zero variance: undefined, like scipy
+    diverged = parts[1].copy()
+    diverged[3] = np.nan  # a diverged checkpoint: NaN statistics, not garbage from fast-math assumptions
+    assert all(math.isnan(v) for v in Moments.of(diverged).summary().values() if isinstance(v, float))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -40,9 +40,6 @@ def checkpoint_statistics(weights_path: str | Path, parent_weights_path: str | P
                 shared += 1
         if parent is not None and shared:
             to_parent = math.sqrt(squared)
-    return {"skewness": _finite(total.skewness), "kurtosis": _finite(total.kurtosis), "l2_norm": total.l2_norm,
+    # NaN (a diverged checkpoint, or zero variance) is a computed value; None means "not computed"
+    return {"skewness": total.skewness, "kurtosis": total.kurtosis, "l2_norm": total.l2_norm,
             "l2_to_parent": to_parent, "sketch": sk.astype(np.float32).tolist()}
-
-
-def _finite(x: float) -> float | None:
-    return x if math.isfinite(x) else None

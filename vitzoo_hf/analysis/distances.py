@@ -22,12 +22,13 @@ import numpy as np
 from numba import njit
 
 from vitzoo_hf.analysis.backbone import flat, open_checkpoint
+from vitzoo_hf.analysis.weights import REASSOCIATE
 from vitzoo_hf.errors import ZooError
 
 BLOCK_MEMORY = 128 << 20  # bytes of float64 block (N models x block elements) held at a time
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@njit(cache=True, fastmath=REASSOCIATE, nogil=True)
 def _squared_difference(x, y):  # pragma: no cover - compiled
     s = 0.0
     for i in range(x.size):

@@ -8,7 +8,6 @@ final checkpoints come from the weights ("exact": one streaming Gram pass) or fr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,7 +115,3 @@ def _final_distances(pop: Population, zoo, method: str, progress: bool) -> None:
         pop.distances = sketch_distances([m["sketch"] for m in order])
     else:
         pop.distances = pairwise_distances([zoo.weights_path(n) for n in pop.distance_names], progress=progress)
-
-
-def finite(x: Any) -> bool:
-    return x is not None and isinstance(x, int | float) and math.isfinite(x)

@@ -20,9 +20,12 @@ from numba import njit
 from vitzoo_hf.analysis.backbone import flat, open_checkpoint
 
 _SHIFT_SAMPLES = 1024
+# Let LLVM vectorise the float64 sums (reassociation) but keep IEEE NaN/inf: a diverged checkpoint's
+# statistics come out NaN, not garbage.
+REASSOCIATE = {"reassoc", "contract", "nsz"}
 
 
-@njit(cache=True, fastmath=True, nogil=True)
+@njit(cache=True, fastmath=REASSOCIATE, nogil=True)
 def _shifted_power_sums(x, c):  # pragma: no cover - compiled
     s1 = 0.0
     s2 = 0.0
