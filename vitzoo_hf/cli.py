@@ -1,4 +1,4 @@
-"""The `vitzoo` command: plan a zoo, generate it, serve a local Hub.
+"""The `vitzoo` command: plan a zoo, generate it, analyse it, serve a local Hub.
 
 User mistakes (a `ZooError`, a bad path, a damaged file) are printed as one line on stderr with exit code 2.
 """
@@ -66,6 +66,15 @@ def _add_publish_parser(sub) -> None:
     p.set_defaults(func=_publish)
 
 
+def _analyze(args: argparse.Namespace) -> None:
+    from vitzoo_hf.analysis.run import analyze
+
+    written = analyze(args.source, args.out, threshold=args.threshold, update_metadata=args.update_metadata,
+                      distances=args.distances)
+    print(f"wrote {len(written)} files to {args.out}: tables.md (all tables), "
+          f"table{{1,2,6,7,8}}.{{md,csv,tex}}, checkpoint_stats.csv, distance_matrix.csv, *.png")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitzoo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,6 +99,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_generate)
 
     _add_publish_parser(sub)
+    p = sub.add_parser("analyze", help="the paper's tables, weight statistics and figures for a zoo")
+    p.add_argument("source", help="a zoo folder or a published zoo's metadata dataset repo (ORG/NAME-metadata)")
+    p.add_argument("--out", required=True, help="folder for the tables, checkpoint_stats.csv and figures")
+    p.add_argument("--threshold", type=float, default=0.65,
+                   help="refined zoo (Table 2): final validation accuracy above this fraction (default 0.65)")
+    p.add_argument("--update-metadata", action="store_true",
+                   help="push statistics missing from a published zoo's metadata back to its repo")
+    p.add_argument("--distances", choices=("auto", "exact", "sketch"), default="auto",
+                   help="distances between final checkpoints: exact (weights) or estimated from the metadata's "
+                        "sketches; auto: exact for a folder, sketches for a published zoo (default)")
+    p.set_defaults(func=_analyze)
+
     add_hub_parser(sub)
     return parser
 

@@ -1,0 +1,112 @@
+"""`vitzoo analyze SOURCE --out DIR`: the paper's tables, per-checkpoint statistics and figures for any zoo.
+
+SOURCE is a zoo folder or a published zoo's metadata dataset repo id (`vitzoo_hf.zoo.Zoo.open`). From a published
+zoo everything comes from the metadata (statistics, sketches, predictions) unless something is missing there;
+`--update-metadata` then pushes the statistics computed here back to the metadata repo, so the next run needs
+no weights at all.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from vitzoo_hf.analysis.population import Population, collect
+from vitzoo_hf.errors import ZooError
+
+STATS_FILE = "checkpoint_stats.csv"
+CHECKPOINTS_PARQUET = "checkpoints/train-00000-of-00001.parquet"  # where `vitzoo publish` puts the config
+STATS_HEADER = ("model", "epoch", "skewness", "kurtosis", "l2_norm", "l2_to_parent")
+
+
+def _write(path: Path, text: str) -> None:
+    """Write atomically: a reader never sees half a file, an interrupted run leaves the old one."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_stats_csv(pop: Population) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(STATS_HEADER)
+    for c in sorted(pop.checkpoints, key=lambda c: (c["name"], c["epoch"])):
+        w.writerow([c["name"], c["epoch"], *("" if c.get(k) is None else repr(c[k]) for k in STATS_HEADER[2:])])
+    return out.getvalue()
+
+
+def distance_matrix_csv(pop: Population) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["model", *pop.distance_names])
+    for name, row in zip(pop.distance_names, pop.distances, strict=True):
+        w.writerow([name, *(repr(float(x)) for x in row)])
+    return out.getvalue()
+
+
+def check_threshold(threshold: float) -> float:
+    if not 0.0 <= threshold < 1.0:
+        hint = f" (did you mean {threshold / 100:g}?)" if 1.0 <= threshold <= 100.0 else ""
+        raise ZooError(f"--threshold {threshold:g} is not a fraction in [0, 1){hint}; the paper's refined zoo "
+                       "uses 0.65 (validation accuracy above 65 %)")
+    return threshold
+
+
+def analyze(source: str | Path, out: str | Path, threshold: float = 0.65, update_metadata: bool = False,
+            distances: str = "auto", figures: bool = True, progress: bool = True) -> dict[str, Path]:
+    """Write Tables 1, 2, 6, 7, 8 (Markdown, CSV, LaTeX), `checkpoint_stats.csv`, the distance matrix and the
+    figures for the zoo at `source` into `out`; return the written paths by name."""
+    from vitzoo_hf.analysis.tables import all_tables
+    from vitzoo_hf.zoo import Zoo
+
+    check_threshold(threshold)
+    zoo = Zoo.open(source)
+    if update_metadata and not hasattr(zoo, "repo_id"):
+        raise ZooError(f"--update-metadata needs a published zoo (its metadata dataset repo id); {source} is a "
+                       "folder, whose statistics are computed from its weights on every run")
+    pop = collect(zoo, distances=distances, progress=progress)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    tables = all_tables(pop, threshold)
+    for t in tables:
+        for ext, text in (("md", t.to_markdown()), ("csv", t.to_csv()), ("tex", t.to_latex())):
+            written[f"{t.key}.{ext}"] = out / f"{t.key}.{ext}"
+            _write(written[f"{t.key}.{ext}"], text)
+    written["tables.md"] = out / "tables.md"
+    _write(written["tables.md"], f"# Zoo {pop.name}: population analysis\n\n"
+           + "\n".join(t.to_markdown() for t in tables))
+    written[STATS_FILE] = out / STATS_FILE
+    _write(written[STATS_FILE], checkpoint_stats_csv(pop))
+    written["distance_matrix.csv"] = out / "distance_matrix.csv"
+    _write(written["distance_matrix.csv"], distance_matrix_csv(pop))
+    if figures:
+        from vitzoo_hf.analysis.figures import all_figures
+
+        written.update({p.name: p for p in all_figures(pop, out)})
+    if update_metadata:
+        push_statistics(zoo, pop)
+    return written
+
+
+def push_statistics(zoo, pop: Population) -> bool:
+    """Replace the metadata repo's `checkpoints` Parquet file with one whose statistics are all filled: one
+    commit on top of the revision the analysis read (so a concurrent update is never overwritten). False when
+    the metadata already had every statistic."""
+    if pop.filled == 0:
+        return False
+    from datasets import Dataset
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from vitzoo_hf.metadata import FEATURES
+
+    features = FEATURES["checkpoints"]
+    table = Dataset.from_dict({c: [r.get(c) for r in pop.checkpoints] for c in features}, features=features)
+    buf = io.BytesIO()
+    table.to_parquet(buf)
+    HfApi().create_commit(zoo.repo_id, repo_type="dataset", parent_commit=getattr(zoo, "revision", None),
+                          operations=[CommitOperationAdd(CHECKPOINTS_PARQUET, buf.getvalue())],
+                          commit_message=f"Analysis statistics for {pop.filled} checkpoints (vitzoo analyze)")
+    return True
