@@ -209,3 +209,33 @@ def test_table3_subzoo_structure(setting):
         assert all("-" not in p[0] for p, _ in star.edges)
     with pytest.raises(ZooError, match="unknown Table 3 setting"):
         draw(rows, "colour", random.Random(0))
+
+
+def test_cli_table3_on_the_smoke_zoo(smoke_all, tmp_path):
+    import csv
+
+    from vitzoo_hf.cli import main
+
+    _, zoo_dir = smoke_all
+    out = tmp_path / "lineage"
+    assert main(["lineage", str(zoo_dir), "--out", str(out), "--draws", "2", "--seed", "3"]) == 0
+    table = (out / "table3.md").read_text()
+    # smoke fine-tunes vary by head and optimizer only (one lr, one head seed): those and epochs are run
+    assert "| mother | f1 |" in table and "| ours | f1 |" in table and "Skipped" in table
+    rows = list(csv.DictReader((out / "table3_draws.csv").open()))
+    assert {r["setting"] for r in rows} == {"epochs", "head", "optimizer"}
+    assert len(rows) == 3 * 2 * 2  # settings x draws x methods
+    for r in rows:
+        # 2 backbones; epochs: 2 trained epochs each -> 6 nodes, 4 edges; head/optimizer: 2 variants x 2 epochs
+        assert (int(r["nodes"]), int(r["true_edges"])) == ((6, 4) if r["setting"] == "epochs" else (10, 8))
+        assert int(r["tp"]) + int(r["fn"]) == int(r["true_edges"])
+    summary = list(csv.DictReader((out / "table3.csv").open()))
+    assert {(r["method"], r["metric"]) for r in summary} >= {("mother", "f1"), ("ours", "accuracy")}
+    for s in ("epochs", "head", "optimizer"):
+        assert (out / f"tree_{s}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bad inputs: one clear line, exit 2, nothing written
+    assert main(["lineage", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "file").write_text("")
+    assert main(["lineage", str(zoo_dir), "--out", str(tmp_path / "file")]) == 2
+    assert main(["lineage", str(zoo_dir), "--out", str(out), "--methods", "magic"]) == 2

@@ -194,7 +194,7 @@ class MotherOptions:
     extra: dict = field(default_factory=dict)
 
     @classmethod
-    def variant(cls, name: str, **overrides) -> "MotherOptions":
+    def variant(cls, name: str, **overrides) -> MotherOptions:
         """Named variants: `paper` (Appendix B), `official` (eliahuhorwitz/MoTHer), `modeltree` (the port)."""
         presets = {
             "paper": {},

@@ -47,7 +47,7 @@ def draw_trees(nodes: Sequence[Hashable], truth: Sequence, predictions: Mapping[
     panels = [("truth", list(truth)), *predictions.items()]
     width = max(6.0, 0.35 * len(nodes))
     fig, axes = plt.subplots(len(panels), 1, figsize=(width, 3.2 * len(panels)), squeeze=False)
-    for ax, (name, edges) in zip(axes[:, 0], panels):
+    for ax, (name, edges) in zip(axes[:, 0], panels, strict=True):
         g = nx.DiGraph()
         g.add_nodes_from(nodes)
         g.add_edges_from(edges)

@@ -46,6 +46,13 @@ def _final_epoch(row: Mapping) -> int:
     return int(e if e is not None else row.get("epochs") or 0)
 
 
+def _trained_epochs(row: Mapping) -> list[int]:
+    """The fine-tune's checkpoints after epoch 0: `checkpoint_epochs` where the caller knows them (a zoo may
+    hold only some epochs), else 1..final_epoch."""
+    held = row.get("checkpoint_epochs")
+    return sorted(e for e in held if e >= 1) if held is not None else list(range(1, _final_epoch(row) + 1))
+
+
 def draw(models: Sequence[Mapping], setting: str, rng: random.Random, n_pretrained: int = 10,
          n_children: int = 12, truth: str = "lineage") -> SubZoo:
     """One random sub-zoo for one Table 3 setting, from the zoo's model rows (`Zoo.models`)."""
@@ -70,9 +77,9 @@ def draw(models: Sequence[Mapping], setting: str, rng: random.Random, n_pretrain
         backbone_of[root] = b
         variants = list(rng.choice(eligible[b]))
         rng.shuffle(variants)
-        counts = _spread(n_children, [_final_epoch(v) for v in variants], rng)
-        for variant, k in zip(variants, counts):
-            epochs = sorted(rng.sample(range(1, _final_epoch(variant) + 1), k))
+        counts = _spread(n_children, [len(_trained_epochs(v)) for v in variants], rng)
+        for variant, k in zip(variants, counts, strict=True):
+            epochs = sorted(rng.sample(_trained_epochs(variant), k))
             previous = root
             for e in epochs:
                 node = (variant["name"], e)
@@ -88,7 +95,7 @@ def _eligible(models: Sequence[Mapping], factor: str | None) -> dict[str, list[l
     """Per pre-trained model, its groups of fine-tunes varying by `factor` alone (at least one trained epoch)."""
     children: dict[str, list[Mapping]] = defaultdict(list)
     for row in models:
-        if row["stage"] == "finetuning" and _final_epoch(row) >= 1:
+        if row["stage"] == "finetuning" and _trained_epochs(row):
             children[row["parent"]].append(row)
     eligible = {}
     for parent, kids in children.items():
@@ -140,7 +147,8 @@ def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str], se
              draws: int = 5, seed: int = 0, n_pretrained: int = 10, n_children: int = 12, truth: str = "lineage",
              trees: str = "given", progress: bool = True) -> tuple[list[dict], dict]:
     """Run every method on `draws` random sub-zoos per setting. Each method sees only the weights, in a shuffled
-    order, and the number of trees (the number of pre-trained models drawn; trees="estimated": not even that). Returns one row per (setting, draw, method) and, per setting, the first draw's sub-zoo and predictions
+    order, and the number of trees (the number of pre-trained models drawn; trees="estimated": not even that).
+    Returns one row per (setting, draw, method) and, per setting, the first draw's sub-zoo and predictions
     (for plotting). Settings the zoo cannot support (no fine-tunes varying by that factor alone) are skipped."""
     from tqdm.auto import tqdm
 

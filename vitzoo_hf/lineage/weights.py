@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 
@@ -19,15 +18,15 @@ from vitzoo_hf.errors import ZooError
 Weights = dict[str, np.ndarray]
 """One model's backbone: layer name (no `vit.` prefix) -> float32 array in its original shape."""
 
-WeightsSource = Union[Mapping[str, object], str, Path]
+WeightsSource = Mapping[str, object] | str | Path
 """A state dict (torch tensors or numpy arrays) or the path of a `.safetensors` file."""
 
 HEAD_PREFIXES = ("classifier.", "head.", "heads.", "projection_head.", "pooler.")
 
 # Layer roles, for both naming schemes (ours / transformers' ViT).
 ATTENTION_OUTPUT = re.compile(r"attention\.(o_proj|output\.dense)\.weight$")
-ATTENTION_QKVO = re.compile(r"attention\.(q_proj|k_proj|v_proj|o_proj|attention\.(query|key|value)|output\.dense)\.weight$")
-BLOCK_INDEX = re.compile(r"(?:layers|layer|blocks)\.(\d+)\.")
+ATTENTION_QKVO = re.compile(
+    r"attention\.(q_proj|k_proj|v_proj|o_proj|attention\.(query|key|value)|output\.dense)\.weight$")
 
 
 def _to_numpy(value: object) -> np.ndarray:
@@ -55,7 +54,8 @@ def backbone(state: WeightsSource) -> Weights:
 
                 state = load_torch(str(path))
             except Exception:
-                raise ZooError(f"{path} is not a readable safetensors file ({err}); re-download or regenerate it")
+                raise ZooError(f"{path} is not a readable safetensors file ({err}); "
+                               "re-download or regenerate it") from None
     out: Weights = {}
     for key, value in state.items():
         name = key[4:] if key.startswith("vit.") else key
