@@ -73,6 +73,16 @@ def _analyze(args: argparse.Namespace) -> None:
                       distances=args.distances)
     print(f"wrote {len(written)} files to {args.out}: tables.md (all tables), "
           f"table{{1,2,6,7,8}}.{{md,csv,tex}}, checkpoint_stats.csv, distance_matrix.csv, *.png")
+def _lineage(args: argparse.Namespace) -> None:
+    from vitzoo_hf.lineage.report import run_table3
+
+    result = run_table3(args.source, args.out, draws=args.draws, seed=args.seed, methods=args.methods,
+                        settings=args.settings, n_pretrained=args.pretrained, n_children=args.children,
+                        truth=args.truth, trees=args.trees)
+    print(result["markdown"], end="")
+    if result["skipped"]:
+        print(f"skipped (no fine-tunes varying by that factor alone): {', '.join(result['skipped'])}")
+    print(f"wrote {result['out']}/table3.md, table3.csv, table3_draws.csv and {len(result['pngs'])} tree PNGs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +120,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distances between final checkpoints: exact (weights) or estimated from the metadata's "
                         "sketches; auto: exact for a folder, sketches for a published zoo (default)")
     p.set_defaults(func=_analyze)
+    p = sub.add_parser("lineage", help="lineage recovery (MoTHeR and ours) with the paper's Table 3 protocol")
+    p.add_argument("source", help="a zoo folder (vitzoo generate --out) or a published zoo's metadata repo id")
+    p.add_argument("--experiment", choices=("table3",), default="table3", help="what to run (default: table3)")
+    p.add_argument("--out", required=True, help="folder for table3.md/.csv, per-draw CSV and tree PNGs")
+    p.add_argument("--draws", type=int, default=5, help="random sub-zoos per setting (default 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    p.add_argument("--methods", nargs="+", default=["mother", "ours"],
+                   help="mother, mother-official, mother-modeltree, ours (default: mother ours)")
+    p.add_argument("--settings", nargs="+", default=["epochs", "seed", "lr", "head", "optimizer"],
+                   help="Table 3 columns to run (default: all five)")
+    p.add_argument("--pretrained", type=int, default=10, help="pre-trained models per sub-zoo (default 10, or all)")
+    p.add_argument("--children", type=int, default=12, help="checkpoints per pre-trained model (default 12)")
+    p.add_argument("--truth", choices=("lineage", "backbone"), default="lineage",
+                   help="true parent of a branch's later epochs: its previous epoch (lineage, default) or the "
+                        "pre-trained model (backbone)")
+    p.add_argument("--trees", choices=("given", "estimated"), default="given",
+                   help="tell the methods how many pre-trained models the sub-zoo holds (default) or not")
+    p.set_defaults(func=_lineage)
 
     add_hub_parser(sub)
     return parser

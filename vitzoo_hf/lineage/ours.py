@@ -1,0 +1,126 @@
+"""Our lineage method: find each cluster's ancestor from the geometry of the fine-tuning runs (plus a norm
+arrow), then give every checkpoint its parent among the checkpoints nearer that ancestor.
+
+Why MoTHeR collapses when siblings branch: it orients edges by kurtosis, which barely moves (and not
+monotonically) over a fine-tuning run, and its minimum spanning arborescence on plain L2 happily chains a
+sibling onto a sibling or onto a slower run that lies near the same path. What we use instead:
+
+1. Rays from the ancestor. Each fine-tuning run is a ray leaving the pre-trained weights; different runs leave
+   in different, roughly orthogonal directions (independent noise), with a shared drift (the same new task).
+   So, seen from the true ancestor r:
+   - every other model is reachable along a time-ordered tree with little detour (cost of `tree_from_root`);
+   - no two of r's children lie on opposite sides of r (an interior checkpoint of a run has its predecessor
+     and successor in opposite directions);
+   - r is an extreme point: no model lies behind r with respect to the cloud's mean (a slow run's early
+     checkpoints, almost on top of r, have r itself behind them).
+2. A norm arrow for the one case geometry cannot decide (a single run: both ends look alike): updates are
+   nearly orthogonal to the weights, so fine-tuning tends to add norm (the paper's zoo: mean L2 norm 1636 ->
+   1689 supervised, 2568 -> 2613 contrastive). A vote over weight tensors (`root_votes`), so that one layer
+   or a slow run's early dip does not decide.
+3. Parents. With the ancestor r fixed, the distance from r orders the checkpoints in time; the parent of c is the
+   earlier checkpoint p minimising d(p, c) + alpha * (d(r, p) + d(p, c) - d(r, c)): the step plus the detour
+   that passing through p would add. An earlier checkpoint of c's own run is almost on the way; a sibling run
+   is a long detour.
+
+Clusters (one per pre-trained model) as MoTHeR: Ward on L2 distances, number of trees given or estimated.
+Only backbone tensors are used; node order does not matter. The weights of the root score (beta, delta,
+gamma) were set on a development zoo (`lindev`, a smoke-sized zoo with the mini grid), not on the zoo the
+Table 3 figures come from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from vitzoo_hf.errors import ZooError
+from vitzoo_hf.lineage.mother import cluster, distance_matrix
+from vitzoo_hf.lineage.weights import Weights, common_layers
+
+Edge = tuple[int, int]
+
+
+@dataclass
+class OursOptions:
+    n_clusters: int | None = None
+    clustering: str = "ward"
+    alpha: float = 1.0  # weight of the detour in a parent's cost
+    beta: float = 2.0  # root score: per pair of the root's children on opposite sides
+    delta: float = 2.0  # root score: per model lying behind the root
+    gamma: float = 1.0  # root score: weight of the (standardised) norm vote
+    seed: int = 0
+
+
+def layer_norms(models: Sequence[Weights]) -> np.ndarray:
+    """(n models, n tensors): the norm of every weight tensor with two or more axes (matrices, the patch
+    convolution, class token, position embeddings); LayerNorm gains and biases are left out."""
+    names = [k for k in common_layers(models) if models[0][k].ndim >= 2]
+    if not names:
+        raise ZooError("the models have no weight matrix; our lineage method needs at least one")
+    return np.array([[float(np.linalg.norm(m[k].astype(np.float64))) for k in names] for m in models])
+
+
+def root_votes(norms: np.ndarray) -> np.ndarray:
+    """Per model: how many (other model, tensor) pairs have a larger norm than it, minus how many a smaller one."""
+    return np.array([np.sum(np.sign(norms - norms[r][None, :])) for r in range(len(norms))])
+
+
+def tree_from_root(dist: np.ndarray, root: int, alpha: float = 1.0) -> list[Edge]:
+    """Parent of each node: among nodes nearer the root, the one with the smallest step + alpha * detour."""
+    t = dist[root]
+    order = sorted(range(len(dist)), key=lambda i: (i != root, t[i], i))  # root first, then by distance from it
+    edges = []
+    for pos in range(1, len(order)):
+        c = order[pos]
+        earlier = np.array(order[:pos])
+        cost = dist[earlier, c] + alpha * (t[earlier] + dist[earlier, c] - t[c])
+        edges.append((int(earlier[int(np.argmin(cost))]), c))
+    return sorted(edges)
+
+
+def tree_cost(dist: np.ndarray, root: int, edges: Sequence[Edge], alpha: float) -> float:
+    t = dist[root]
+    return float(sum(dist[p, c] + alpha * (t[p] + dist[p, c] - t[c]) for p, c in edges))
+
+
+def root_scores(x: np.ndarray, dist: np.ndarray, norms: np.ndarray, o: OursOptions) -> np.ndarray:
+    """Lower is more ancestor-like (see the module docstring, points 1 and 2). x: (n, size) flattened weights."""
+    n = len(x)
+    positive = dist[dist > 0]
+    scale = float(np.median(positive)) if positive.size else 1.0
+    votes = root_votes(norms).astype(float)
+    votes = (votes - votes.mean()) / (votes.std() + 1e-12)
+    out = np.zeros(n)
+    for r in range(n):
+        edges = tree_from_root(dist, r, o.alpha)
+        rel = x - x[r]
+        length = np.linalg.norm(rel, axis=1) + 1e-12
+        kids = [c for p, c in edges if p == r]
+        unit = rel[kids] / length[kids, None]
+        cos = unit @ unit.T
+        opposite = int(np.sum(cos[np.triu_indices(len(kids), 1)] < -0.5))
+        towards_mean = x.mean(axis=0) - x[r]
+        behind = int(np.sum(rel @ towards_mean / (length * (np.linalg.norm(towards_mean) + 1e-12)) < -0.05))
+        out[r] = tree_cost(dist, r, edges, o.alpha) / scale + o.beta * opposite + o.delta * behind - o.gamma * votes[r]
+    return out
+
+
+def ours(models: Sequence[Weights], options: OursOptions | None = None) -> list[Edge]:
+    """Predicted (parent, child) index pairs over `models`."""
+    o = options or OursOptions()
+    dist = distance_matrix(models, "l2")
+    labels = cluster(models, dist, o.n_clusters, o.clustering, o.seed)
+    names = common_layers(models)
+    edges: list[Edge] = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        if len(idx) == 1:
+            continue
+        members = [models[i] for i in idx]
+        x = np.stack([np.concatenate([m[k].ravel() for k in names]) for m in members]).astype(np.float64)
+        d = dist[np.ix_(idx, idx)]
+        root = int(np.argmin(root_scores(x, d, layer_norms(members), o)))
+        edges += [(int(idx[p]), int(idx[c])) for p, c in tree_from_root(d, root, o.alpha)]
+    return sorted(edges)
