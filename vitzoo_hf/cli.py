@@ -43,6 +43,15 @@ def _generate(args: argparse.Namespace) -> None:
              mixed_precision=args.mixed_precision)
 
 
+def _average(args: argparse.Namespace) -> None:
+    from vitzoo_hf.averaging_report import run
+
+    result = run(args.source, args.method, args.out, models=args.models, window=args.window, factors=args.factors,
+                 save_model=args.save_model, batch_size=args.batch_size, seed=args.seed)
+    print(result["summary"])
+    print(f"wrote {len(result['files'])} files to {args.out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitzoo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -65,6 +74,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training precision (default: the blueprint's mixed_precision, itself 'auto': bf16 on a "
                         "CUDA GPU that supports it, else fp32); recorded, and a resume must use the same")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("average", help="weight averaging: epochs, model soups, greedy soups, Git Re-Basin")
+    p.add_argument("source", help="a zoo folder (vitzoo generate --out) or a published zoo's metadata repo id")
+    p.add_argument("--method", required=True, choices=["epochs", "soup", "greedy-soup", "rebasin"])
+    p.add_argument("--out", required=True, help="folder for tables (Markdown, CSV), figures (PNG) and models")
+    p.add_argument("--models", nargs="+", metavar="NAME", help="only these models (default: every classifier)")
+    p.add_argument("--window", type=int, default=5, help="epochs: checkpoints per average (default 5)")
+    p.add_argument("--factors", nargs="+", choices=["head_seed", "lr", "optimizer", "head"],
+                   help="soup: the factors to vary, one at a time (default: all four)")
+    p.add_argument("--save-model", metavar="NAME",
+                   help="save the best averaged model as OUT/NAME (save_pretrained, safetensors, provenance)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="rebasin: seed of the coordinate-descent order")
+    p.set_defaults(func=_average)
 
     add_hub_parser(sub)
     return parser
