@@ -210,3 +210,89 @@ def test_running_average_refuses_incompatible_models():
         RunningAverage().add(tiny_vit().state_dict(), weight=-1.0)
     with pytest.raises(ZooError, match="no models"):
         RunningAverage().result()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# End to end on the smoke zoo (2 backbones x 4 fine-tunes, 2 epochs)
+
+
+def test_average_cli_epochs_and_saved_model(smoke_all, tmp_path):
+    """`vitzoo average --method epochs`: tables and figures; re-evaluated checkpoints match what training
+    recorded; the saved model is exactly the mean of its two checkpoints and scores what its card says."""
+    import csv
+    import json
+
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    from vitzoo_hf.averaging import Evaluator, evaluation_dataset
+    from vitzoo_hf.cli import main
+    from vitzoo_hf.zoo import Zoo
+
+    _, zoo_dir = smoke_all
+    out = tmp_path / "avg"
+    assert main(["average", str(zoo_dir), "--method", "epochs", "--window", "2", "--out", str(out),
+                 "--save-model", "smoke-avg"]) == 0
+    for f in ("epochs.csv", "epochs.md", "epochs_longitudinal.csv", "fig2a_epochs.png", "fig3_longitudinal.png",
+              "summary.md"):
+        assert (out / f).stat().st_size > 0, f
+    rows = list(csv.DictReader(open(out / "epochs_longitudinal.csv")))
+    assert len(rows) == 8  # the 8 fine-tunes, one window (epochs 1-2) each
+    assert all(float(r["single_accuracy"]) == float(r["recorded_accuracy"]) for r in rows)
+
+    saved = out / "smoke-avg"
+    info = json.loads((saved / "averaging.json").read_text())
+    assert [i["epoch"] for i in info["ingredients"]] == [1, 2]
+    zoo = Zoo.from_dir(zoo_dir)
+    name = info["ingredients"][0]["name"]
+    parts = [zoo.state_dict(name, e) for e in (1, 2)]
+    weights = load_file(str(saved / "model.safetensors"))
+    assert all(torch.allclose(weights[k], (parts[0][k].double() + parts[1][k].double()).div(2).float(), atol=1e-7)
+               for k in parts[0])
+    model = AutoModelForImageClassification.from_pretrained(saved)
+    assert model.config.averaged_from[1] == {"name": name, "epoch": 2, "weight": 1.0}
+    acc = Evaluator(evaluation_dataset(zoo.record(name)))(model)["accuracy"]
+    assert acc == pytest.approx(info["validation"]["accuracy"])
+    assert name in (saved / "README.md").read_text()
+    # the same name again is refused, and nothing is overwritten
+    assert main(["average", str(zoo_dir), "--method", "epochs", "--window", "2", "--out", str(out),
+                 "--save-model", "smoke-avg"]) == 2
+
+
+def test_window_of_one_equals_single_checkpoints(smoke_all):
+    from vitzoo_hf.averaging import ZooEvaluation, epoch_averaging
+    from vitzoo_hf.zoo import Zoo
+
+    ev = ZooEvaluation(Zoo.from_dir(smoke_all[1]), progress=False)
+    final, longitudinal = epoch_averaging(ev, window=1)
+    assert len(longitudinal) == 16 and len(final) == 8  # epochs 1 and 2 of 8 fine-tunes
+    assert all(r["averaged_accuracy"] == r["single_accuracy"] for r in longitudinal)
+    assert all(r["gain"] == 0 and r["best_single_epoch"] == 2 for r in final)
+
+
+def test_soups_greedy_and_rebasin_on_smoke(smoke_all):
+    from vitzoo_hf.averaging import ZooEvaluation, greedy_soups, rebasin, soups
+    from vitzoo_hf.zoo import Zoo
+
+    ev = ZooEvaluation(Zoo.from_dir(smoke_all[1]), progress=False)
+    rows = soups(ev)
+    # smoke varies head and optimizer only; each backbone x other factor gives one group of two
+    assert sorted((r["factor"], r["members"]) for r in rows) == [("head", 2)] * 4 + [("optimizer", 2)] * 4
+    assert all(r["heads"] == "best member's head" for r in rows if r["factor"] == "head")
+
+    greedy = greedy_soups(ev)
+    assert len(greedy) == 4
+    for g in greedy:  # greedy never lowers held-out accuracy below its first ingredient's
+        first = g["chosen"].split()[0]
+        assert g["greedy_heldout_accuracy"] >= ev.checkpoint(first, split="heldout")["accuracy"]
+        assert 1 <= g["ingredients"] <= g["members"]
+
+    pairs, curve, many = rebasin(ev)
+    assert len(pairs) == 4 and many == []  # 4 fine-tuning settings, one pair of backbones each
+    for p in pairs:  # weight matching only accepts improvements, so it never moves B away from A
+        assert p["l2_aligned"] <= p["l2_naive"] + 1e-9
+        ends = {(r["kind"], r["alpha"]): r["accuracy"] for r in curve
+                if (r["model_a"], r["model_b"]) == (p["model_a"], p["model_b"])}
+        assert ends["naive", 0.0] == ends["aligned", 0.0] == p["accuracy_a"]
+        assert ends["naive", 1.0] == ends["aligned", 1.0] == p["accuracy_b"]
+        assert ends["aligned", 0.5] == p["aligned_average_accuracy"]
