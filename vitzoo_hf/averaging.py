@@ -483,7 +483,7 @@ def rebasin(ev: ZooEvaluation, names: Iterable[str] | None = None, alphas: Seque
     """For every pair of fine-tunes with the same fine-tuning factors from different backbones: endpoints, naive
     average, Re-Basin-aligned average (B permuted onto A by weight matching, heads included), and both
     interpolation paths at `alphas`. With `merge_all`, each group of ≥ 3 backbones is also merged whole (naive
-    mean vs MergeMany). Returns (pair rows, interpolation rows, many-model rows)."""
+    mean vs all aligned to the first vs MergeMany). Returns (pair rows, interpolation rows, many-model rows)."""
     from vitzoo_hf.rebasin import apply_permutation, interpolate, merge_many, vit_permutation_spec, weight_matching
 
     rows = classifier_rows(ev, names)
@@ -530,6 +530,8 @@ def rebasin(ev: ZooEvaluation, names: Iterable[str] | None = None, alphas: Seque
                               details={"alignment": "weight matching", "seed": seed}), aligned_sd)
         if merge_all and len(members) >= 3:
             ordered = [sds[m["name"]] for m in members]
+            to_reference, _ = merge_many(spec, ordered, iterate=False)
+            reference = ev.score(first, average_state_dicts(to_reference))["accuracy"]
             aligned, rounds = merge_many(spec, ordered, seed=seed)
             naive = ev.score(first, average_state_dicts(ordered))["accuracy"]
             merged_sd = average_state_dicts(aligned)
@@ -537,7 +539,8 @@ def rebasin(ev: ZooEvaluation, names: Iterable[str] | None = None, alphas: Seque
             accs = [ev.checkpoint(m["name"])["accuracy"] for m in members]
             many.append({"group": _describe(fixed), "models": len(members), "best_member_accuracy": max(accs),
                          "mean_member_accuracy": sum(accs) / len(accs), "naive_average_accuracy": naive,
-                         "mergemany_average_accuracy": merged, "rounds": rounds})
+                         "reference_aligned_average_accuracy": reference, "mergemany_average_accuracy": merged,
+                         "rounds": rounds})
             ev.offer(Averaged("rebasin", f"MergeMany average of {len(members)} fine-tunes ({_describe(fixed)})",
                               [{"name": m["name"], "epoch": ev.final_epoch(m["name"]),
                                 "weight": 1.0 / len(members), "aligned": True} for m in members],

@@ -258,7 +258,8 @@ def summarize_rebasin(pairs: Sequence[dict], many: Sequence[dict]) -> str:
     if many:
         lines.append(f"- all backbones at once ({len(many)} groups of {many[0]['models']}): best member "
                      f"{_pct(mean(r['best_member_accuracy'] for r in many))} %, naive average "
-                     f"{_pct(mean(r['naive_average_accuracy'] for r in many))} %, MergeMany average "
+                     f"{_pct(mean(r['naive_average_accuracy'] for r in many))} %, aligned to the first "
+                     f"{_pct(mean(r['reference_aligned_average_accuracy'] for r in many))} %, MergeMany average "
                      f"{_pct(mean(r['mergemany_average_accuracy'] for r in many))} %")
     return "\n".join(lines) + "\n"
 
@@ -356,31 +357,35 @@ def _run(source, method, out: Path, models, window, factors, save_model, batch_s
 
     zoo = Zoo.open(source)
     ev = avg.ZooEvaluation(zoo, batch_size=batch_size, keep_best=bool(save_model), progress=progress)
-    out.mkdir(parents=True, exist_ok=True)
-    files: list[Path] = []
+    # Compute everything first (on every process, if launched with several), then write once.
     if method == "epochs":
         final, longitudinal = avg.epoch_averaging(ev, models, window)
-        files += write_table(final, out, "epochs") + write_table(longitudinal, out, "epochs_longitudinal")
-        files += [fig_epochs(final, out / "fig2a_epochs.png", window),
-                  fig_longitudinal(longitudinal, out / "fig3_longitudinal.png", window)]
+        tables = {"epochs": final, "epochs_longitudinal": longitudinal}
+        figures = [lambda: fig_epochs(final, out / "fig2a_epochs.png", window),
+                   lambda: fig_longitudinal(longitudinal, out / "fig3_longitudinal.png", window)]
         summary = summarize_epochs(final, longitudinal, window)
     elif method == "soup":
         rows = avg.soups(ev, models, factors or avg.SOUP_FACTORS)
-        files += write_table(rows, out, "soups") + [fig_soups(rows, out / "fig2b_soups.png")]
+        tables, figures = {"soups": rows}, [lambda: fig_soups(rows, out / "fig2b_soups.png")]
         summary = summarize_soups(rows)
     elif method == "greedy-soup":
         rows = avg.greedy_soups(ev, models)
-        files += write_table(rows, out, "greedy_soups") + [fig_greedy(rows, out / "fig_greedy_soups.png")]
+        tables, figures = {"greedy_soups": rows}, [lambda: fig_greedy(rows, out / "fig_greedy_soups.png")]
         summary = summarize_greedy(rows)
     else:
         pairs, curve, many = avg.rebasin(ev, models, seed=seed)
-        files += write_table(pairs, out, "rebasin_pairs") + write_table(curve, out, "rebasin_interpolation")
-        if many:
-            files += write_table(many, out, "rebasin_many")
-        files.append(fig_rebasin(curve, out / "fig_rebasin_interpolation.png"))
+        tables = {"rebasin_pairs": pairs, "rebasin_interpolation": curve, **({"rebasin_many": many} if many else {})}
+        figures = [lambda: fig_rebasin(curve, out / "fig_rebasin_interpolation.png")]
         summary = summarize_rebasin(pairs, many)
     summary = f"# vitzoo average {source} --method {method}\n\n{summary}"
+    files: list[Path] = []
     saved = None
+    if not ev.accelerator.is_main_process:
+        return {"files": files, "summary": summary, "saved": saved}
+    out.mkdir(parents=True, exist_ok=True)
+    for stem, rows_ in tables.items():
+        files += write_table(rows_, out, stem)
+    files += [draw() for draw in figures]
     if target is not None and ev.best is not None:
         saved = save_averaged(ev, ev.best, target)
         summary += (f"\nSaved the best averaged model ({ev.best.description}, validation accuracy "

@@ -200,11 +200,15 @@ class MatchResult:
     objective_identity: float  # the same before matching
 
 
-def _similarity(spec: ViTPermutationSpec, name: str, a: StateDict, b: StateDict, perms: Perms) -> np.ndarray:
-    """A[i, j] = Σ over the weights on `name`'s axes of ⟨row i of W_A, row j of W_B with all other perms⟩."""
+def _similarity(spec: ViTPermutationSpec, name: str, a: StateDict, b: StateDict, perms: Perms,
+                known: set[str] | None = None) -> np.ndarray:
+    """A[i, j] = Σ over the weights on `name`'s axes of ⟨row i of W_A, row j of W_B with all other perms⟩;
+    with `known`, only weights whose other permutations are all known take part."""
     n = spec.sizes[name]
     total = torch.zeros(n, n, dtype=torch.float64)
     for key, axis in spec.perm_to_axes[name]:
+        if known is not None and any(p not in (None, name) and p not in known for p in spec.axes[key]):
+            continue
         wa = a[key].detach().to(torch.float64).movedim(axis, 0).reshape(n, -1)
         wb = apply_permutation(spec, perms, {key: b[key]}, except_axis=(key, axis))[key]
         wb = wb.detach().to(torch.float64).movedim(axis, 0).reshape(n, -1)
@@ -243,45 +247,78 @@ def _objective(spec: ViTPermutationSpec, a: StateDict, b: StateDict, perms: Perm
     return float(sum((a[k].double() * pb[k].double()).sum() for k in spec.axes))
 
 
-def weight_matching(spec: ViTPermutationSpec, a: StateDict, b: StateDict, max_iter: int = 100, seed: int = 0,
-                    init: Perms | None = None) -> MatchResult:
-    """The permutation π of model B that maximises Σ⟨W_A, π(W_B)⟩ (coordinate descent, random unit order).
+def _step(spec: ViTPermutationSpec, unit: tuple[str, ...], a: StateDict, b: StateDict, perms: Perms,
+          known: set[str] | None = None) -> tuple[Perms, float, float]:
+    """The best permutation(s) of one unit with all others fixed: (new perms, old score, new score)."""
+    if len(unit) == 1:
+        sim = _similarity(spec, unit[0], a, b, perms, known)
+        _, cols = linear_sum_assignment(sim, maximize=True)
+        new = torch.from_numpy(cols).long()
+        return {unit[0]: new}, _score(sim, perms[unit[0]]), _score(sim, new)
+    sims = [_similarity(spec, n, a, b, perms, known) for n in unit]
+    qk, vo = _solve_attention(sims[0], sims[1], spec.num_heads)
+    old = _score(sims[0], perms[unit[0]]) + _score(sims[1], perms[unit[1]])
+    return {unit[0]: qk, unit[1]: vo}, old, _score(sims[0], qk) + _score(sims[1], vo)
 
-    Only float weights with a permutation axis take part; heads (classifier.*) count if both models have them
-    with equal shapes (their output axis, the classes, is never permuted)."""
-    for key in spec.axes:
-        if key not in a or key not in b or a[key].shape != b[key].shape:
-            raise ZooError(f"weight {key!r} is missing or differs in shape between the two models; Re-Basin "
-                           "needs two models of the same architecture and head")
-    perms = {k: v.clone() for k, v in (init or spec.identity()).items()}
-    attn_names = {n for pair in spec.attention for n in pair}
-    units: list[tuple[str, ...]] = [(n,) for n in spec.sizes if n not in attn_names] + list(spec.attention)
-    rng = np.random.default_rng(seed)
-    start = _objective(spec, a, b, perms)
-    iterations = 0
-    while iterations < max_iter:
-        iterations += 1
+
+def _units(spec: ViTPermutationSpec) -> list[tuple[str, ...]]:
+    """Permutation units in network order: residual stream, then per block attention and MLP, then the head."""
+    attn = {n for pair in spec.attention for n in pair}
+    blocks = [(qk, vo) for qk, vo in spec.attention]
+    order: list[tuple[str, ...]] = [(RES,)]
+    for qk, vo in blocks:
+        order += [(qk, vo), (f"mlp.{qk.split('.')[1]}",)]
+    order += [(n,) for n in spec.sizes if (n,) not in order and n not in attn]
+    return [u for u in order if all(n in spec.sizes for n in u)]
+
+
+def _descend(spec, a, b, perms: Perms, units, max_iter: int, rng) -> int:
+    """Coordinate descent in random unit order, accepting only improvements; returns the sweeps made."""
+    sweeps = 0
+    while sweeps < max_iter:
+        sweeps += 1
         improved = False
         for u in rng.permutation(len(units)):
-            unit = units[u]
-            if len(unit) == 1:
-                sim = _similarity(spec, unit[0], a, b, perms)
-                _, cols = linear_sum_assignment(sim, maximize=True)
-                new = {unit[0]: torch.from_numpy(cols).long()}
-                old_v, new_v = _score(sim, perms[unit[0]]), _score(sim, new[unit[0]])
-            else:
-                sims = [_similarity(spec, n, a, b, perms) for n in unit]
-                qk, vo = _solve_attention(sims[0], sims[1], spec.num_heads)
-                new = {unit[0]: qk, unit[1]: vo}
-                old_v = _score(sims[0], perms[unit[0]]) + _score(sims[1], perms[unit[1]])
-                new_v = _score(sims[0], qk) + _score(sims[1], vo)
+            new, old_v, new_v = _step(spec, units[u], a, b, perms)
             if new_v > old_v + 1e-12 * max(1.0, abs(old_v)):
                 perms.update(new)
                 improved = True
         if not improved:
             break
-    return MatchResult(perms=perms, iterations=iterations, objective=_objective(spec, a, b, perms),
-                       objective_identity=start)
+    return sweeps
+
+
+def weight_matching(spec: ViTPermutationSpec, a: StateDict, b: StateDict, max_iter: int = 100, seed: int = 0,
+                    init: Perms | None = None) -> MatchResult:
+    """The permutation π of model B that maximises Σ⟨W_A, π(W_B)⟩.
+
+    Without `init`, one pass in network order first solves each unit from the weights whose other axes are
+    already solved (the residual stream from the embeddings, then block by block), so early steps are not
+    drowned by the noise of still-unaligned blocks; coordinate descent in random order (seeded) then refines it.
+    The result is never worse than the identity: if it were, descent restarts from the identity.
+    Heads (classifier.*) take part; their output axis (the classes) is never permuted."""
+    for key in spec.axes:
+        if key not in a or key not in b or a[key].shape != b[key].shape:
+            raise ZooError(f"weight {key!r} is missing or differs in shape between the two models; Re-Basin "
+                           "needs two models of the same architecture and head")
+    units = _units(spec)
+    rng = np.random.default_rng(seed)
+    start_perms = {k: v.clone() for k, v in (init or spec.identity()).items()}
+    start = _objective(spec, a, b, start_perms)
+    perms = {k: v.clone() for k, v in start_perms.items()}
+    if init is None:
+        known: set[str] = set()
+        for unit in units:
+            new, _, _ = _step(spec, unit, a, b, perms, known)
+            perms.update(new)
+            known.update(unit)
+    sweeps = _descend(spec, a, b, perms, units, max_iter, rng)
+    objective = _objective(spec, a, b, perms)
+    if objective < start:
+        perms = start_perms
+        sweeps += _descend(spec, a, b, perms, units, max_iter, rng)
+        objective = _objective(spec, a, b, perms)
+    return MatchResult(perms=perms, iterations=sweeps, objective=objective, objective_identity=start)
 
 
 # ----------------------------------------------------------------------------------------------------------------
