@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vitzoo_hf.errors import ZooError
+from vitzoo_hf.recipe import EVAL_BATCH_SIZE
 
 StateDict = Mapping[str, torch.Tensor]
 HEAD_PREFIX = "classifier."
@@ -34,7 +35,6 @@ FINETUNING_FACTORS = ("parent", "dataset", "head", "head_seed", "optimizer", "lr
 _VARIES_WITH = {"optimizer": ("momentum",)}  # momentum is recorded for SGD only
 HELDOUT_FRACTION = 0.2  # greedy soup: a stratified part of the training split, fixed by HELDOUT_SEED
 HELDOUT_SEED = 0
-EVAL_BATCH_SIZE = 256
 CACHE_LIMIT_BYTES = 1 << 30  # evaluation images up to this size are transformed once and kept as one tensor
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def with_head(backbone_sd: StateDict, donor: StateDict) -> dict[str, torch.Tenso
 def _eval_transform(record: dict[str, Any]):
     """The evaluation transform training used for this model, rebuilt from its record."""
     from vitzoo_hf.blueprint import Architecture, Augmentation
-    from vitzoo_hf.training import image_transforms
+    from vitzoo_hf.recipe import image_transforms
 
     aug = Augmentation(**record["recipe"].get("augmentation", {}))
     return image_transforms(SimpleNamespace(architecture=Architecture(**record["architecture"])), aug)[1]
@@ -224,10 +224,15 @@ class ZooEvaluation:
 
     @property
     def accelerator(self):
+        """On a GPU, the zoo's recorded training precision (so evaluation matches training's); on CPU, fp32."""
         if self._accelerator is None:
             from accelerate import Accelerator
 
-            self._accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            precision = "no"
+            if torch.cuda.is_available() and self.rows:
+                record = self.zoo.record(next(iter(self.rows)))
+                precision = (record.get("distribution") or {}).get("mixed_precision") or "no"
+            self._accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision)
         return self._accelerator
 
     def evaluator(self, name: str, split: str = "validation") -> Evaluator:
