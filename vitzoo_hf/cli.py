@@ -83,6 +83,13 @@ def _lineage(args: argparse.Namespace) -> None:
     if result["skipped"]:
         print(f"skipped (no fine-tunes varying by that factor alone): {', '.join(result['skipped'])}")
     print(f"wrote {result['out']}/table3.md, table3.csv, table3_draws.csv and {len(result['pngs'])} tree PNGs")
+def _average(args: argparse.Namespace) -> None:
+    from vitzoo_hf.averaging_report import run
+
+    result = run(args.source, args.method, args.out, models=args.models, window=args.window, factors=args.factors,
+                 save_model=args.save_model, batch_size=args.batch_size, seed=args.seed)
+    print(result["summary"])
+    print(f"wrote {len(result['files'])} files to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", choices=("given", "estimated"), default="given",
                    help="tell the methods how many pre-trained models the sub-zoo holds (default) or not")
     p.set_defaults(func=_lineage)
+    p = sub.add_parser("average", help="weight averaging: epochs, model soups, greedy soups, Git Re-Basin")
+    p.add_argument("source", help="a zoo folder (vitzoo generate --out) or a published zoo's metadata repo id")
+    p.add_argument("--method", required=True, choices=["epochs", "soup", "greedy-soup", "rebasin"])
+    p.add_argument("--out", required=True, help="folder for tables (Markdown, CSV), figures (PNG) and models")
+    p.add_argument("--models", nargs="+", metavar="NAME", help="only these models (default: every classifier)")
+    p.add_argument("--window", type=int, default=5, help="epochs: checkpoints per average (default 5)")
+    p.add_argument("--factors", nargs="+", choices=["head_seed", "lr", "optimizer", "head"],
+                   help="soup: the factors to vary, one at a time (default: all four)")
+    p.add_argument("--save-model", metavar="NAME",
+                   help="save the best averaged model as OUT/NAME (save_pretrained, safetensors, provenance)")
+    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="rebasin: seed of the coordinate-descent order")
+    p.set_defaults(func=_average)
 
     add_hub_parser(sub)
     return parser
