@@ -15,11 +15,14 @@ from __future__ import annotations
 import gzip
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 
 from vitzoo_hf.errors import ZooError
+
+if TYPE_CHECKING:  # `datasets` costs ~1 s and ~150 MB: imported where data is loaded, not by `vitzoo plan`
+    from datasets import Dataset, DatasetDict
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -52,16 +55,22 @@ def _fashion_mnist() -> DatasetDict:
             images = _read_idx(FASHION_MNIST_DIR / f"{prefix}-images-idx3-ubyte.gz")
             labels = _read_idx(FASHION_MNIST_DIR / f"{prefix}-labels-idx1-ubyte.gz")
             parts[split] = _from_arrays(images, labels, FASHION_MNIST_CLASSES)
+        from datasets import DatasetDict
+
         return DatasetDict(parts)
     return _hub("zalando-datasets/fashion_mnist", "apt-get install dataset-fashion-mnist (Debian/Ubuntu), or ")
 
 
 def _from_arrays(images: np.ndarray, labels: np.ndarray, names: list[str]) -> Dataset:
+    from datasets import ClassLabel, Dataset, Features, Image
+
     features = Features({"image": Image(), "label": ClassLabel(names=names)})
     return Dataset.from_dict({"image": list(images), "label": labels.astype(int).tolist()}, features=features)
 
 
 def _split(ds: Dataset) -> DatasetDict:
+    from datasets import DatasetDict
+
     try:
         parts = ds.train_test_split(test_size=VALIDATION_FRACTION, seed=0, stratify_by_column="label")
     except ValueError as err:  # a class too small to appear in both splits
@@ -72,6 +81,8 @@ def _split(ds: Dataset) -> DatasetDict:
 
 def _normalise(dd: DatasetDict, source: str) -> DatasetDict:
     """Rename to image/label, keep only those columns, and fix the validation split."""
+    from datasets import ClassLabel, DatasetDict, Image
+
     split0 = next(iter(dd.values()))
     image_col = next((c for c, f in split0.features.items() if isinstance(f, Image)), None)
     label_col = next((c for c in ("label", "labels", "fine_label") if isinstance(split0.features.get(c), ClassLabel)),
@@ -140,6 +151,8 @@ def check_dataset_name(name: str) -> None:
 
 def load_splits(name: str, max_train: int | None = None, max_validation: int | None = None) -> DatasetDict:
     """The named data set with `train`/`validation` splits, optionally capped to a stratified subset."""
+    from datasets import DatasetDict
+
     check_dataset_name(name)
     if name in SOURCES:
         dd = SOURCES[name]()

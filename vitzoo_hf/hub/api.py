@@ -617,7 +617,7 @@ class HubApp:
                 if collection["private"] and not self._authed(req):
                     raise NotFound(f"Collection {slug} not found")
                 if len(s) == 2 and m == "GET":
-                    return json_response(collection)
+                    return json_response({**collection, "items": self._visible_items(req, collection["items"])})
                 self._require_write(req)
                 if len(s) == 2 and m == "DELETE":
                     self.store.delete_collection(slug)
@@ -633,6 +633,22 @@ class HubApp:
                 if len(s) == 4 and s[2] == "items" and m in ("PATCH", "DELETE"):
                     return self._edit_collection_item(req, collection, s[3])
         raise NotFound(f"Not found: {req.method} {req.raw_path}")
+
+    def _visible_items(self, req: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Collection items the caller may see: a private (or since deleted) repo is left out for anonymous readers."""
+        if self._authed(req):
+            return items
+        out = []
+        for item in items:
+            if item["type"] in ("model", "dataset"):
+                try:
+                    repo = self.store.get_repo(item["type"], item["id"])
+                except HubError:
+                    continue
+                if repo is None or repo.private:
+                    continue
+            out.append(item)
+        return out
 
     def _save_collection(self, collection: dict[str, Any]) -> Response:
         collection["lastUpdated"] = utc_iso()
@@ -697,11 +713,12 @@ class HubApp:
         for c in self.store.list_collections():
             if (c["private"] and not authed) or (owners and c["owner"]["name"] not in owners):
                 continue
-            refs = {f"{i['type']}s/{i['id']}" for i in c["items"]}
+            visible = self._visible_items(req, c["items"])
+            refs = {f"{i['type']}s/{i['id']}" for i in visible}
             if items and not all(i in refs for i in items):
                 continue
             # the client numbers listed collections itself (it passes ``position``), so omit ours
-            out.append({**{k: v for k, v in c.items() if k != "position"}, "items": c["items"][:4]})
+            out.append({**{k: v for k, v in c.items() if k != "position"}, "items": visible[:4]})
         return self._paginate(req, out)
 
 

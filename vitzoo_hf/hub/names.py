@@ -37,6 +37,19 @@ def check_repo_id(repo_id: str) -> tuple[str, str]:
     return check_repo_part(parts[0]), check_repo_part(parts[1])
 
 
+RESERVED_NAMESPACES = frozenset({"api", "datasets", "models", "spaces", "collections", "organizations", "settings"})
+"""First URL segments that route elsewhere (or may): a repo there could never be reached by its URLs."""
+
+
+def check_new_repo_id(repo_id: str) -> tuple[str, str]:
+    """A repo id that may be created: valid, and not in a namespace whose URLs belong to the API."""
+    ns, name = check_repo_id(repo_id)
+    if ns.lower() in RESERVED_NAMESPACES:
+        raise BadRequest(f"Invalid repo id {repo_id!r}: the namespace {ns!r} is reserved (its URLs route elsewhere, "
+                         f"e.g. /{ns}/...); use another organization or user name.")
+    return ns, name
+
+
 def check_revision(rev: str) -> str:
     """A branch, tag or commit name as git would accept it (``/`` allowed, ``..`` and control chars not)."""
     if (

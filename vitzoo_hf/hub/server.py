@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from .errors import BadRequest, HubError
-from .wire import BodyReader, Request, Response, error_response, json_response
+from .wire import BodyReader, Request, Response, error_response, header_value, json_response
 
 _SEND_BUFFER = 1 << 20
 
@@ -59,14 +59,17 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception:  # a bug, not a client error: report 500 and keep serving
             traceback.print_exc(file=sys.stderr)
             response = json_response({"error": "Internal server error"}, 500)
-        close = not body.drain()
+        try:
+            close = not body.drain()
+        except BadRequest as e:  # a body the handler did not read turned out malformed: refuse the request
+            response, close = error_response(e), True
         self._send(response, close=close)
 
     def _send(self, response: Response, close: bool = False) -> None:
         self.send_response(response.status)
         length = response.file[2] if response.file else len(response.body)
         for k, v in response.headers.items():
-            self.send_header(k, v)
+            self.send_header(k, header_value(v))
         self.send_header("Content-Length", str(length))
         if close:
             self.send_header("Connection", "close")

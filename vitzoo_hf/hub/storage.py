@@ -9,6 +9,10 @@ Layout under ``root``::
         commits/<sha1>.json               immutable snapshot {path: entry} plus parents and message
     collections/<owner>/<id>.json
     tmp/                                  scratch; emptied at start
+    vitzoo-hub.json                       marks the folder as a store (written first, when the store is made)
+
+A folder is only ever made into a store when it is new or empty, so the scratch folder that is emptied at start
+is always the store's own (``--root ~`` must not wipe ``~/tmp``).
 
 Crash safety comes from one rule: every file is written to ``tmp/``, fsynced and then ``os.replace``d into
 place, and objects are published bottom-up (blobs, then the commit, then the ref that points to it). A process
@@ -44,10 +48,12 @@ from .errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from .names import check_path, check_repo_id, check_repo_part, check_revision, is_commit_sha
+from .names import check_new_repo_id, check_path, check_repo_id, check_repo_part, check_revision, is_commit_sha
 
 CHUNK = 1 << 20
 DEFAULT_BRANCH = "main"
+MARKER = "vitzoo-hub.json"
+_STORE_LAYOUT = ("blobs", "repos", "collections", "tmp", ".lock")  # a store made before the marker existed
 
 # An abbreviation of the real Hub's default .gitattributes; it decides what preupload marks as LFS.
 _LFS_PATTERNS = (
@@ -119,6 +125,28 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _claim(root: Path) -> None:
+    """Make ``root`` a store if it is new or empty; refuse a non-empty folder that is not one."""
+    from vitzoo_hf.errors import ZooError
+
+    if (root / MARKER).is_file():
+        return
+    if root.exists() and not root.is_dir():
+        raise ZooError(f"hub root {root} is a file, not a folder: pass a new or empty folder as --root")
+    root.mkdir(parents=True, exist_ok=True)
+    present = {p.name for p in root.iterdir()}
+    legacy = {"blobs", "repos", "collections"} <= present and present <= set(_STORE_LAYOUT)
+    if present and not legacy:
+        raise ZooError(f"hub root {root} is not a vitzoo hub store (it has no {MARKER}) and is not empty; "
+                       f"pass a new or empty folder as --root (e.g. {root / 'hub'}), so that nothing in it "
+                       "is ever touched")
+    marker = {"format": 1, "created_at": utc_iso()}
+    tmp = root / f".{MARKER}.{secrets.token_hex(6)}"
+    tmp.write_text(json.dumps(marker) + "\n")
+    os.replace(tmp, root / MARKER)
+    _fsync_dir(root)
+
+
 class Store:
     """All persistent state. Thread-safe; one process per root (guarded by an exclusive lock file)."""
 
@@ -128,7 +156,8 @@ class Store:
         self.repos = self.root / "repos"
         self.collections_dir = self.root / "collections"
         self.tmp = self.root / "tmp"
-        for d in (self.root, self.blobs, self.repos / "model", self.repos / "dataset", self.collections_dir):
+        _claim(self.root)
+        for d in (self.blobs, self.repos / "model", self.repos / "dataset", self.collections_dir):
             d.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.root / ".lock", "a+b")  # noqa: SIM115 - held for the store's lifetime
         try:
@@ -254,6 +283,7 @@ class Store:
 
     def create_repo(self, repo_type: str, repo_id: str, private: bool, author: str) -> Repo:
         """Create a repo with an initial ``.gitattributes`` commit on ``main`` (the Hub does the same)."""
+        check_new_repo_id(repo_id)
         dest = self._repo_dir(repo_type, repo_id)
         with self._lock(str(dest)):
             if dest.exists():
@@ -360,7 +390,7 @@ class Store:
                     raise BadRequest(f"Cannot commit to {branch!r}: commits must target a branch.")
                 raise RevisionNotFound(f"Branch {branch!r} not found in {repo.id}; create it first.")
             head = refs["branches"][branch]
-            if parent_commit and not head.startswith(parent_commit):
+            if parent_commit is not None and self._parent_commit(repo, parent_commit) != head:
                 raise PreconditionFailed(
                     f"A commit has happened since the parent commit {parent_commit}: {branch} is now at {head}."
                 )
@@ -388,6 +418,17 @@ class Store:
             refs["branches"][branch] = commit["id"]
             self._write_json(repo.dir / "refs.json", refs)
             return commit["id"]
+
+    def _parent_commit(self, repo: Repo, parent_commit: object) -> str:
+        """The commit a ``parentCommit`` names: a full sha, or a unique prefix of 7+ hex digits (the shorthand
+        huggingface_hub documents). Compared exactly with the branch head; never as a prefix of it."""
+        rev = str(parent_commit)
+        if not (7 <= len(rev) <= 40 and all(c in "0123456789abcdef" for c in rev)):
+            raise BadRequest(f"Invalid parentCommit {rev!r}: give the full commit sha (40 lowercase hex digits).")
+        if len(rev) == 40:
+            return rev
+        matches = [p.stem for p in (repo.dir / "commits").glob(f"{rev}*.json")]
+        return matches[0] if len(matches) == 1 else rev  # else: not (uniquely) a commit here, so not the head
 
     def create_ref(self, repo: Repo, kind: str, name: str, commit_id: str) -> None:
         """``kind`` is ``branches`` or ``tags``; 409 if the name is taken."""

@@ -7,6 +7,7 @@ commits stream instead of being buffered whole, and can always be drained for ke
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from .errors import BadRequest, HubError
 
 _DRAIN_LIMIT = 16 << 20
 _JSON_LIMIT = 64 << 20
+_CHUNK_LIMIT = 1 << 40  # no single chunk of a request body is larger than 1 TiB
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # hex digits only: int(..., 16) also takes -5, 0x10 and 1_0
 
 
 class BodyReader:
@@ -28,13 +31,15 @@ class BodyReader:
         self._remaining = 0 if chunked else (length or 0)  # bytes left in the body or current chunk
         self._eof = not chunked and not length
         self._pending = b""
+        self.malformed = False  # the body's framing is broken: the connection cannot carry another request
 
     def _next_chunk(self) -> None:
         line = self._rfile.readline(1024)
-        try:
-            size = int(line.split(b";")[0].strip(), 16)
-        except ValueError:
-            raise BadRequest("Malformed chunked request body.") from None
+        digits = line.split(b";")[0].strip()
+        if not _CHUNK_SIZE.fullmatch(digits) or int(digits, 16) > _CHUNK_LIMIT:
+            self._eof = self.malformed = True  # nothing more can be read from this connection
+            raise BadRequest("Malformed chunked request body: chunk sizes are hex digits, at most 1 TiB.")
+        size = int(digits, 16)
         if size == 0:
             while self._rfile.readline(1024) not in (b"\r\n", b"\n", b""):
                 pass
@@ -91,13 +96,20 @@ class BodyReader:
         return b"".join(parts)
 
     def drain(self, limit: int = _DRAIN_LIMIT) -> bool:
-        """Discard what is left; False if more than ``limit`` bytes remained (the connection must close)."""
+        """Discard what is left; False if more than ``limit`` bytes remained (the connection must close).
+
+        Raises :class:`BadRequest` if the rest of the body is malformed, so the caller answers 400.
+        """
+        if self.malformed:
+            return False
         total = 0
         try:
             for chunk in self.chunks():
                 total += len(chunk)
                 if total > limit:
                     return False
+        except BadRequest:
+            raise
         except (HubError, OSError):
             return False
         return True
@@ -154,8 +166,13 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
 
 
+def header_value(value: object) -> str:
+    """A header value that cannot end its line early: ASCII, with CR, LF and other controls as spaces."""
+    return re.sub(r"[\x00-\x1f\x7f]", " ", str(value).encode("ascii", "replace").decode())
+
+
 def error_response(err: HubError) -> Response:
-    headers = {"X-Error-Message": err.message.encode("ascii", "replace").decode().replace("\n", " ")[:1000]}
+    headers = {"X-Error-Message": header_value(err.message)[:1000]}
     headers.update(err.headers)
     if err.code:
         headers["X-Error-Code"] = err.code
