@@ -92,6 +92,12 @@ def _average(args: argparse.Namespace) -> None:
     print(f"wrote {len(result['files'])} files to {args.out}")
 
 
+def _demo(args: argparse.Namespace) -> None:
+    from vitzoo_hf.demo import run_demo
+
+    run_demo(args.out, args.blueprint, progress=not args.no_progress, jobs=args.jobs)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vitzoo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -158,6 +164,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--seed", type=int, default=0, help="rebasin: seed of the coordinate-descent order")
     p.set_defaults(func=_average)
+
+    p = sub.add_parser("demo", help="the whole system on one machine: generate, local Hub, publish, analyse, "
+                                    "lineage, averaging, report (start here)")
+    p.add_argument("--out", default="vitzoo-demo", help="folder for the zoo, the Hub and the report "
+                                                        "(default: vitzoo-demo; rerun to continue or refresh)")
+    p.add_argument("--blueprint", choices=("mini", "smoke"), default="mini",
+                   help="mini: 75 models, about 15 min on 2 cores (default); smoke: 10 models, about 3 min")
+    p.add_argument("--jobs", type=int, default=None, help="models trained at once (default: one per CPU core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo)
 
     add_hub_parser(sub)
     return parser
