@@ -475,7 +475,8 @@ class Publisher:
 
         missing: list[str] = []
         tables = metadata.build_tables(self.models, self.namespace, epochs=lambda m: self.chosen[m.name],
-                                       commits=commits, with_labels=True, missing_labels=missing)
+                                       commits=commits, with_labels=True, missing_labels=missing,
+                                       statistics=metadata.checkpoint_statistics)
         for key in missing:
             self.log(f"warning: validation labels of {key} unavailable (its data set cannot be loaded here); the "
                      "labels config will lack them")

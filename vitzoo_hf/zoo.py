@@ -6,9 +6,10 @@
 
 The tables (`models`, `checkpoints`) are the metadata schema of `vitzoo_hf.metadata`; weights, predictions,
 labels and training records come from the folder, or from the Hub through the normal Hugging Face cache
-(`hf_hub_download`: nothing is downloaded twice). Hub-only columns: `commit` in `checkpoints` (None locally); and
-`repo_id` / `parent_repo_id`, which a local zoo has only when `from_dir` is given the `namespace` it was
-published under.
+(`hf_hub_download`: nothing is downloaded twice). Columns only a published zoo fills: in `checkpoints`, `commit`
+and the analysis columns (skewness, kurtosis, l2_norm, l2_to_parent, sketch: computed at publish time; locally
+None, `vitzoo analyze` computes them); `repo_id` / `parent_repo_id` a local zoo has only when `from_dir` is given
+the `namespace` it was published under.
 """
 
 from __future__ import annotations
