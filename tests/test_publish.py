@@ -306,15 +306,16 @@ def test_retries_honour_retry_after_and_back_off():
 
 
 def test_publish_survives_a_hub_restart(published_smoke, tmp_path, monkeypatch):
-    """The hub is killed (SIGKILL) mid-publish and restarted on the same port: the publisher's retries carry on
-    and the run ends complete and verified."""
+    """The hub is killed (SIGKILL) mid-publish and restarted on the same port a moment later: the publisher's
+    retries carry on and the run ends complete and verified."""
     import socket
+    import threading
     import time
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "VITZOO_HUB_TOKENS": published_smoke.token, "HF_TOKEN": published_smoke.token,
+    env = {**os.environ, "VITZOO_HUB_TOKENS": published_smoke.token,
            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
 
     def serve() -> subprocess.Popen:
@@ -324,29 +325,29 @@ def test_publish_survives_a_hub_restart(published_smoke, tmp_path, monkeypatch):
         assert proc.stdout is not None and "serving" in proc.stdout.readline()
         return proc
 
-    hub = serve()
+    hubs = [serve()]
+    log: list[str] = []
+
+    def restart_later() -> None:
+        time.sleep(1.5)  # meanwhile the publisher meets refused connections
+        hubs.append(serve())
+
+    def on_log(line: str) -> None:
+        log.append(line)
+        if sum(x.startswith("commit ") for x in log) == 7 and len(hubs) == 1 and hubs[0].poll() is None:
+            hubs[0].kill()
+            hubs[0].wait(10)
+            threading.Thread(target=restart_later, daemon=True).start()
+
+    monkeypatch.setenv("HF_TOKEN", published_smoke.token)
     endpoint = f"http://127.0.0.1:{port}"
-    pub = subprocess.Popen([sys.executable, "-m", "vitzoo_hf.cli", "publish", str(published_smoke.zoo_dir),
-                            "--namespace", "zoo-org", "--endpoint", endpoint, "--no-progress", "--verbose"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        assert pub.stdout is not None
-        commits, log = 0, []
-        for line in pub.stdout:
-            log.append(line)
-            commits += line.startswith("commit ")
-            if commits == 7:
-                hub.kill()
-                hub.wait(10)
-                time.sleep(1.5)  # the publisher now meets refused connections
-                hub = serve()
-                break
-        log += pub.stdout.readlines()
-        assert pub.wait(300) == 0, "".join(log)[-3000:]
-        assert any("retrying in" in line for line in log), "".join(log)[-3000:]
-        monkeypatch.setenv("HF_TOKEN", published_smoke.token)
-        report = publish(published_smoke.zoo_dir, "zoo-org", endpoint=endpoint, verify_only=True, progress=False)
-        assert report.problems == [] and report.repos == len(expand(published_smoke.bp))
+        report = publish(published_smoke.zoo_dir, "zoo-org", endpoint=endpoint, progress=False, verbose=True,
+                         log=on_log)
+        assert len(hubs) == 2 and any("retrying in" in x for x in log), log
+        assert report.repos == len(expand(published_smoke.bp))
+        check = publish(published_smoke.zoo_dir, "zoo-org", endpoint=endpoint, verify_only=True, progress=False)
+        assert check.problems == []
     finally:
-        pub.kill()
-        hub.kill()
+        for h in hubs:
+            h.kill()

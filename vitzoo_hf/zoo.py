@@ -261,8 +261,10 @@ class _HubZoo(Zoo):
         return load_dataset(self.repo_id, config, split="train", revision=self.revision)
 
     @cached_property
-    def _prediction_index(self) -> dict[tuple[str, int], list[int]]:
-        return {(r["name"], r["epoch"]): r["predictions"] for r in self.predictions_table()}
+    def _prediction_rows(self) -> tuple[Dataset, dict[tuple[str, int], int]]:
+        """The predictions config (memory-mapped Arrow) and a row index; rows are decoded only when asked for."""
+        table = self.predictions_table()
+        return table, {(n, e): i for i, (n, e) in enumerate(zip(table["name"], table["epoch"], strict=True))}
 
     def predictions_table(self) -> Dataset:
         return self._config("predictions")
@@ -271,7 +273,9 @@ class _HubZoo(Zoo):
         return self._config("labels")
 
     def _predictions(self, name: str, epoch: int) -> list[int] | None:
-        return self._prediction_index.get((name, epoch))
+        table, index = self._prediction_rows
+        i = index.get((name, epoch))
+        return None if i is None else table[i]["predictions"]
 
     def _load_labels(self, key: str) -> dict[str, Any]:
         for r in self.labels_table():
