@@ -284,7 +284,7 @@ def validation_labels(dataset: dict[str, Any]) -> dict[str, Any]:
 # Tables
 
 
-def _table(config: str, rows: Iterable[dict[str, Any]]) -> Dataset:
+def table(config: str, rows: Iterable[dict[str, Any]]) -> Dataset:
     features = FEATURES[config]
     rows = list(rows)
     return Dataset.from_dict({c: [r.get(c) for r in rows] for c in features}, features=features)
@@ -327,9 +327,9 @@ def build_tables(models: list[LocalModel], namespace: str | None = None,
                 if missing_labels is None:
                     raise
                 missing_labels.append(key)
-    return {"models": _table("models", (model_row(m, namespace) for m in models)),
-            "checkpoints": _table("checkpoints", ckpt_rows), "predictions": _table("predictions", pred_rows),
-            "labels": _table("labels", label_rows)}
+    return {"models": table("models", (model_row(m, namespace) for m in models)),
+            "checkpoints": table("checkpoints", ckpt_rows), "predictions": table("predictions", pred_rows),
+            "labels": table("labels", label_rows)}
 
 
 def tables_from_dir(zoo_dir: str | Path, namespace: str | None = None, with_labels: bool = True) -> dict[str, Dataset]:

@@ -231,7 +231,7 @@ class _DirZoo(Zoo):
 
     def labels_table(self) -> Dataset:
         keys = sorted(set(self.predictions_table()["validation_set"]))
-        return metadata._table("labels", [self._labels(k) for k in keys])
+        return metadata.table("labels", [self._labels(k) for k in keys])
 
 
 class _HubZoo(Zoo):
