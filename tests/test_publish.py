@@ -303,3 +303,51 @@ def test_retries_honour_retry_after_and_back_off():
     with pytest.raises(ZooError, match="step failed.*rerun the same command"):
         with_retries("step", lambda: (_ for _ in ()).throw(failure(500)), log=lambda _: None,
                      sleep=lambda _: None, attempts=2)
+
+
+def test_publish_survives_a_hub_restart(published_smoke, tmp_path, monkeypatch):
+    """The hub is killed (SIGKILL) mid-publish and restarted on the same port a moment later: the publisher's
+    retries carry on and the run ends complete and verified."""
+    import socket
+    import threading
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "VITZOO_HUB_TOKENS": published_smoke.token,
+           "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+
+    def serve() -> subprocess.Popen:
+        proc = subprocess.Popen([sys.executable, "-m", "vitzoo_hf.hub", "serve", "--root", str(tmp_path / "hub"),
+                                 "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True, env=env)
+        assert proc.stdout is not None and "serving" in proc.stdout.readline()
+        return proc
+
+    hubs = [serve()]
+    log: list[str] = []
+
+    def restart_later() -> None:
+        time.sleep(1.5)  # meanwhile the publisher meets refused connections
+        hubs.append(serve())
+
+    def on_log(line: str) -> None:
+        log.append(line)
+        if sum(x.startswith("commit ") for x in log) == 7 and len(hubs) == 1 and hubs[0].poll() is None:
+            hubs[0].kill()
+            hubs[0].wait(10)
+            threading.Thread(target=restart_later, daemon=True).start()
+
+    monkeypatch.setenv("HF_TOKEN", published_smoke.token)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        report = publish(published_smoke.zoo_dir, "zoo-org", endpoint=endpoint, progress=False, verbose=True,
+                         log=on_log)
+        assert len(hubs) == 2 and any("retrying in" in x for x in log), log
+        assert report.repos == len(expand(published_smoke.bp))
+        check = publish(published_smoke.zoo_dir, "zoo-org", endpoint=endpoint, verify_only=True, progress=False)
+        assert check.problems == []
+    finally:
+        for h in hubs:
+            h.kill()

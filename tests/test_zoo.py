@@ -105,8 +105,16 @@ def test_from_hub_equals_from_dir(pubhub):
     assert hub.models.to_list() == local.models.to_list()
     assert hub.models.features == local.models.features
     hub_ckpts = hub.checkpoints.to_list()
-    assert all(len(r["commit"]) == 40 for r in hub_ckpts)
-    assert [{**r, "commit": None} for r in hub_ckpts] == local.checkpoints.to_list()
+    assert all(len(r["commit"]) == 40 and len(r["sketch"]) > 0 and r["l2_norm"] > 0 for r in hub_ckpts)
+    assert all((r["l2_to_parent"] is not None) == (hub.model(r["name"])["parent"] is not None) for r in hub_ckpts)
+    publish_only = {"commit": None, **dict.fromkeys(metadata.ANALYSIS_COLUMNS)}
+    assert [{**r, **publish_only} for r in hub_ckpts] == local.checkpoints.to_list()
+    # the analysis columns are exactly what vitzoo_hf.analysis computes from the local weights
+    r = hub_ckpts[-1]
+    parent = hub.model(r["name"])["parent"]
+    expected = metadata.checkpoint_statistics(local.weights_path(r["name"], r["epoch"]),
+                                              local.weights_path(parent) if parent else None)
+    assert {k: r[k] for k in metadata.ANALYSIS_COLUMNS} == expected
     assert hub.predictions_table().to_list() == local.predictions_table().to_list()
     assert hub.labels_table().to_list() == local.labels_table().to_list()
     assert sorted(hub.lineage()) == sorted(local.lineage())

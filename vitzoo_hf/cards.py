@@ -89,7 +89,7 @@ def render_model_card(zoo: str, model: dict[str, Any], record: dict[str, Any], r
     if model["validation_accuracy"] is not None:
         eval_results = [EvalResult(task_type=pipeline_tag, dataset_type=hub_ds or ds_name, dataset_name=ds_name,
                                    dataset_split="validation", metric_type="accuracy", metric_name=metric_name,
-                                   metric_value=round(model["validation_accuracy"], 6))]
+                                   metric_value=model["validation_accuracy"])]
     data = ModelCardData(
         library_name="transformers", pipeline_tag=pipeline_tag, license=LICENSE, datasets=datasets or None,
         base_model=model["parent_repo_id"], base_model_relation="finetune" if model["parent_repo_id"] else None,

@@ -228,11 +228,12 @@ def model_row(m: LocalModel, namespace: str | None) -> dict[str, Any]:
 
 
 def checkpoint_statistics(weights: Path, parent_weights: Path | None) -> dict[str, Any]:
-    """The analysis columns of one checkpoint (skewness, kurtosis, l2_norm, l2_to_parent, sketch).
+    """The analysis columns of one checkpoint (skewness, kurtosis, l2_norm, l2_to_parent, sketch), computed by
+    `vitzoo_hf.analysis` in one pass over the weights. Publishing fills them; a local `Zoo.from_dir` leaves them
+    None (reading every weight file on each open would be slow) and `vitzoo analyze` computes what is missing."""
+    from vitzoo_hf.analysis.checkpoint import checkpoint_statistics as compute
 
-    The single call site for `vitzoo_hf.analysis`: until it is wired here, every column is None.
-    """
-    return dict.fromkeys(ANALYSIS_COLUMNS)
+    return compute(weights, parent_weights)
 
 
 def checkpoint_row(m: LocalModel, epoch: int, namespace: str | None, commit: str | None = None,
@@ -242,7 +243,7 @@ def checkpoint_row(m: LocalModel, epoch: int, namespace: str | None, commit: str
     manifest = m.manifest(epoch)
     metrics = {**manifest.get("metrics", {}), **m.result(epoch)}
     weights = ckpt / layout.WEIGHTS_FILE
-    stats = (statistics or checkpoint_statistics)(weights, parent_weights)
+    stats = statistics(weights, parent_weights) if statistics else dict.fromkeys(ANALYSIS_COLUMNS)
     return {
         "name": m.name, "repo_id": repo_id_for(namespace, m.name), "branch": branch_name(epoch), "commit": commit,
         "epoch": epoch, **{k: metrics.get(k) for k in METRICS},
@@ -283,7 +284,7 @@ def validation_labels(dataset: dict[str, Any]) -> dict[str, Any]:
 # Tables
 
 
-def _table(config: str, rows: Iterable[dict[str, Any]]) -> Dataset:
+def table(config: str, rows: Iterable[dict[str, Any]]) -> Dataset:
     features = FEATURES[config]
     rows = list(rows)
     return Dataset.from_dict({c: [r.get(c) for r in rows] for c in features}, features=features)
@@ -303,7 +304,8 @@ def build_tables(models: list[LocalModel], namespace: str | None = None,
                  statistics: Callable[[Path, Path | None], dict[str, Any]] | None = None,
                  missing_labels: list[str] | None = None) -> dict[str, Dataset]:
     """The four tables of a zoo. `epochs(model)` selects the checkpoints (default: all); `commits` maps
-    (name, epoch) to a Hub commit sha; `with_labels=False` skips loading the validation sets. A validation set
+    (name, epoch) to a Hub commit sha; `statistics` computes the analysis columns (None: left None, e.g.
+    `checkpoint_statistics`); `with_labels=False` skips loading the validation sets. A validation set
     that cannot be loaded here is left out of `labels` and its key appended to `missing_labels`."""
     by_name = {m.name: m for m in models}
     chosen = {m.name: (epochs(m) if epochs else list(m.checkpoints)) for m in models}
@@ -325,9 +327,9 @@ def build_tables(models: list[LocalModel], namespace: str | None = None,
                 if missing_labels is None:
                     raise
                 missing_labels.append(key)
-    return {"models": _table("models", (model_row(m, namespace) for m in models)),
-            "checkpoints": _table("checkpoints", ckpt_rows), "predictions": _table("predictions", pred_rows),
-            "labels": _table("labels", label_rows)}
+    return {"models": table("models", (model_row(m, namespace) for m in models)),
+            "checkpoints": table("checkpoints", ckpt_rows), "predictions": table("predictions", pred_rows),
+            "labels": table("labels", label_rows)}
 
 
 def tables_from_dir(zoo_dir: str | Path, namespace: str | None = None, with_labels: bool = True) -> dict[str, Dataset]:

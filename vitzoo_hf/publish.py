@@ -334,7 +334,7 @@ class Publisher:
         self.by_name = {m.name: m for m in self.models}
         self.chosen = {m.name: self.selection.choose(list(m.checkpoints), m.final_epoch) for m in self.models}
         self.meta_repo = f"{self.namespace}/{metadata.metadata_repo_name(self.zoo)}"
-        self.rows = {r["name"]: r for r in metadata._table(
+        self.rows = {r["name"]: r for r in metadata.table(
             "models", (metadata.model_row(m, self.namespace) for m in self.models))}
 
     def card(self, m: metadata.LocalModel) -> str:
@@ -475,7 +475,8 @@ class Publisher:
 
         missing: list[str] = []
         tables = metadata.build_tables(self.models, self.namespace, epochs=lambda m: self.chosen[m.name],
-                                       commits=commits, with_labels=True, missing_labels=missing)
+                                       commits=commits, with_labels=True, missing_labels=missing,
+                                       statistics=metadata.checkpoint_statistics)
         for key in missing:
             self.log(f"warning: validation labels of {key} unavailable (its data set cannot be loaded here); the "
                      "labels config will lack them")

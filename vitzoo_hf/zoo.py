@@ -6,9 +6,10 @@
 
 The tables (`models`, `checkpoints`) are the metadata schema of `vitzoo_hf.metadata`; weights, predictions,
 labels and training records come from the folder, or from the Hub through the normal Hugging Face cache
-(`hf_hub_download`: nothing is downloaded twice). Hub-only columns: `commit` in `checkpoints` (None locally); and
-`repo_id` / `parent_repo_id`, which a local zoo has only when `from_dir` is given the `namespace` it was
-published under.
+(`hf_hub_download`: nothing is downloaded twice). Columns only a published zoo fills: in `checkpoints`, `commit`
+and the analysis columns (skewness, kurtosis, l2_norm, l2_to_parent, sketch: computed at publish time; locally
+None, `vitzoo analyze` computes them); `repo_id` / `parent_repo_id` a local zoo has only when `from_dir` is given
+the `namespace` it was published under.
 """
 
 from __future__ import annotations
@@ -230,7 +231,7 @@ class _DirZoo(Zoo):
 
     def labels_table(self) -> Dataset:
         keys = sorted(set(self.predictions_table()["validation_set"]))
-        return metadata._table("labels", [self._labels(k) for k in keys])
+        return metadata.table("labels", [self._labels(k) for k in keys])
 
 
 class _HubZoo(Zoo):
@@ -260,8 +261,10 @@ class _HubZoo(Zoo):
         return load_dataset(self.repo_id, config, split="train", revision=self.revision)
 
     @cached_property
-    def _prediction_index(self) -> dict[tuple[str, int], list[int]]:
-        return {(r["name"], r["epoch"]): r["predictions"] for r in self.predictions_table()}
+    def _prediction_rows(self) -> tuple[Dataset, dict[tuple[str, int], int]]:
+        """The predictions config (memory-mapped Arrow) and a row index; rows are decoded only when asked for."""
+        table = self.predictions_table()
+        return table, {(n, e): i for i, (n, e) in enumerate(zip(table["name"], table["epoch"], strict=True))}
 
     def predictions_table(self) -> Dataset:
         return self._config("predictions")
@@ -270,7 +273,9 @@ class _HubZoo(Zoo):
         return self._config("labels")
 
     def _predictions(self, name: str, epoch: int) -> list[int] | None:
-        return self._prediction_index.get((name, epoch))
+        table, index = self._prediction_rows
+        i = index.get((name, epoch))
+        return None if i is None else table[i]["predictions"]
 
     def _load_labels(self, key: str) -> dict[str, Any]:
         for r in self.labels_table():
