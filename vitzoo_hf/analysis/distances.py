@@ -84,7 +84,7 @@ class GramAccumulator:
         """`block`: N x B float64, row i = the same slice of model i (modified in place)."""
         from threadpoolctl import threadpool_limits
 
-        block -= block[self.reference]
+        block -= block[self.reference].copy()  # a view of `block` itself would make numpy copy the whole block
         # One BLAS thread: a short-and-wide product is never the bottleneck on one core (~1 GFlop per block), while
         # OpenBLAS threads spinning on a busy machine made it 8-50x slower in our measurements.
         with threadpool_limits(1, user_api="blas"):
