@@ -121,8 +121,8 @@ def test_distances_equal_torch_including_near_identical_pairs(tmp_path):
         save_file({f"vit.{k}": v.contiguous() for k, v in m.items()} | {"classifier.weight": torch.randn(3, 3)},
                   str(paths[-1]))
     assert _close(l2_distance_files(paths[1], paths[2]), truth[1, 2])
-    # blocks that cut tensors mid-way (block=100 elements), centred on a model far from the close pair
-    for got in (pairwise_distances(paths, block=100), pairwise_distances(paths, reference=3),
+    # blocks that cut tensors mid-way (block=1000 elements), centred on a model far from the close pair
+    for got in (pairwise_distances(paths, block=1000), pairwise_distances(paths, reference=3),
                 pairwise_distances_arrays(models, block=333)):
         off = ~np.eye(4, dtype=bool)
         np.testing.assert_allclose(got[off], truth[off], rtol=REL)
