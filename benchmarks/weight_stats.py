@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 from vit_weights import random_state  # benchmarks/ (the script's folder) is on sys.path
 
+from vitzoo_hf.analysis import checkpoint_statistics
 from vitzoo_hf.analysis.backbone import open_checkpoint
 from vitzoo_hf.analysis.weights import weight_statistics
 
@@ -65,6 +66,9 @@ def main() -> None:
         if path is None:
             path = Path(tmp) / "model.safetensors"
             save_file(random_state(0), str(path))
+        parent = Path(tmp) / "parent.safetensors"
+        save_file(random_state(1), str(parent))  # any checkpoint of the same architecture
+        checkpoint_statistics(path, parent)  # compile
         with open_checkpoint(path) as ckpt:
             n = sum(ckpt.array(k).size for k in ckpt.keys)
             nbytes = sum(ckpt.array(k).nbytes for k in ckpt.keys)
@@ -72,6 +76,7 @@ def main() -> None:
         t_ours, r_ours = best(ours, path, args.repeats)
         t_scipy, r_scipy = best(with_scipy, path, max(1, args.repeats // 2))
         t_roof, _ = best(roofline, path, args.repeats)
+        t_all, _ = best(lambda p: checkpoint_statistics(p, parent), path, args.repeats)
     rel = max(abs(a - b) / abs(b) for a, b in zip(r_ours, r_scipy, strict=True))
     print(f"backbone: {n / 1e6:.1f} M parameters, {nbytes / 2**20:.0f} MiB")
     print(f"{'method':<34}{'seconds':>10}{'GB/s':>8}")
@@ -80,6 +85,8 @@ def main() -> None:
         print(f"{name:<34}{t:>10.4f}{nbytes / t / 1e9:>8.2f}")
     print(f"speed-up over scipy: {t_scipy / t_ours:.1f}x (target >= 10x)")
     print(f"ours / roofline time: {t_ours / t_roof:.2f}x (target <= 2x)")
+    print(f"publish-time columns (checkpoint_statistics: statistics + 4 KB sketch + distance to a parent): "
+          f"{t_all:.4f} s per checkpoint")
     print(f"max relative difference to scipy: {rel:.2e}  (skewness {r_ours[0]:.6g}, kurtosis {r_ours[1]:.6g}, "
           f"norm {r_ours[2]:.6g})")
 

@@ -121,8 +121,8 @@ def test_distances_equal_torch_including_near_identical_pairs(tmp_path):
         save_file({f"vit.{k}": v.contiguous() for k, v in m.items()} | {"classifier.weight": torch.randn(3, 3)},
                   str(paths[-1]))
     assert _close(l2_distance_files(paths[1], paths[2]), truth[1, 2])
-    # blocks that cut tensors mid-way (block=100 elements), centred on a model far from the close pair
-    for got in (pairwise_distances(paths, block=100), pairwise_distances(paths, reference=3),
+    # blocks that cut tensors mid-way (block=1000 elements), centred on a model far from the close pair
+    for got in (pairwise_distances(paths, block=1000), pairwise_distances(paths, reference=3),
                 pairwise_distances_arrays(models, block=333)):
         off = ~np.eye(4, dtype=bool)
         np.testing.assert_allclose(got[off], truth[off], rtol=REL)
@@ -273,3 +273,78 @@ def test_analyze_refuses_bad_input(smoke_all, tmp_path, capsys):
     assert main(["analyze", str(zoo_dir), "--out", str(tmp_path / "c"), "--update-metadata"]) == 2
     assert "--update-metadata needs a published zoo" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Published zoos (a local hub)
+
+
+def _outputs(folder: Path) -> dict[str, str]:
+    names = [f"table{i}.{ext}" for i in (1, 2, 6, 7, 8) for ext in ("md", "csv", "tex")]
+    return {n: (folder / n).read_text() for n in [*names, "checkpoint_stats.csv", "distance_matrix.csv"]}
+
+
+def test_folder_and_published_zoo_give_identical_tables(pubhub, tmp_path):
+    local, hub, sketched = tmp_path / "local", tmp_path / "hub", tmp_path / "sketched"
+    assert main(["analyze", str(pubhub.zoo_dir), "--out", str(local), "--threshold", "0"]) == 0
+    assert main(["analyze", pubhub.meta, "--out", str(hub), "--threshold", "0", "--distances", "exact"]) == 0
+    assert _outputs(hub) == _outputs(local)
+    # from the metadata alone (the default for a Hub source): only distances between final checkpoints differ
+    assert main(["analyze", pubhub.meta, "--out", str(sketched), "--threshold", "0"]) == 0
+    ours, ref = _outputs(sketched), _outputs(local)
+    for name in ref:
+        if name.startswith("table1") or name == "distance_matrix.csv":
+            continue
+        assert ours[name] == ref[name], name
+    exact = np.loadtxt(local / "distance_matrix.csv", delimiter=",", skiprows=1, usecols=range(1, 11))
+    est = np.loadtxt(sketched / "distance_matrix.csv", delimiter=",", skiprows=1, usecols=range(1, 11))
+    off = ~np.eye(10, dtype=bool)
+    assert np.all(np.abs(est[off] / exact[off] - 1) < 0.2)
+
+
+def test_update_metadata_fills_a_zoo_published_without_statistics(pubhub, tmp_path):
+    """A metadata repo published before statistics existed: `--update-metadata` computes them from the weights
+    and pushes them in one commit; the next analysis needs no weights."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    from vitzoo_hf.analysis.run import CHECKPOINTS_PARQUET
+    from vitzoo_hf.zoo import Zoo
+
+    api = HfApi()
+    repo = "zoo-org/smoke-nostats-metadata"
+    api.create_repo(repo, repo_type="dataset", exist_ok=True)
+    ops = []
+    for path in api.list_repo_files(pubhub.meta, repo_type="dataset"):
+        data = Path(api.hf_hub_download(pubhub.meta, path, repo_type="dataset")).read_bytes()
+        if path == CHECKPOINTS_PARQUET:
+            table = pq.read_table(io.BytesIO(data))
+            for col in ("skewness", "kurtosis", "l2_norm", "l2_to_parent", "sketch"):
+                table = table.set_column(table.schema.get_field_index(col), col,
+                                         pa.nulls(table.num_rows, type=table.schema.field(col).type))
+            buf = io.BytesIO()
+            pq.write_table(table, buf)
+            data = buf.getvalue()
+        ops.append(CommitOperationAdd(path, data))
+    api.create_commit(repo, repo_type="dataset", operations=ops, commit_message="metadata without statistics")
+    assert all(r["sketch"] is None for r in Zoo.from_hub(repo).checkpoints)
+    before = len(api.list_repo_commits(repo, repo_type="dataset"))
+    assert main(["analyze", repo, "--out", str(tmp_path / "a"), "--threshold", "0", "--update-metadata"]) == 0
+    assert len(api.list_repo_commits(repo, repo_type="dataset")) == before + 1
+    filled = Zoo.from_hub(repo).checkpoints
+    reference = Zoo.from_hub(pubhub.meta).checkpoints if pubhub_has_statistics(pubhub) else None
+    assert all(r["sketch"] is not None and r["l2_norm"] is not None for r in filled)
+    if reference is not None:
+        assert filled["l2_norm"] == reference["l2_norm"] and filled["sketch"] == reference["sketch"]
+    assert main(["analyze", repo, "--out", str(tmp_path / "b"), "--threshold", "0", "--update-metadata"]) == 0
+    assert len(api.list_repo_commits(repo, repo_type="dataset")) == before + 1  # nothing left to update
+    assert _outputs(tmp_path / "a") == _outputs(tmp_path / "b")
+
+
+def pubhub_has_statistics(pubhub) -> bool:
+    from vitzoo_hf.zoo import Zoo
+
+    return all(r["sketch"] is not None for r in Zoo.from_hub(pubhub.meta).checkpoints)

@@ -82,8 +82,13 @@ class GramAccumulator:
 
     def add(self, block: np.ndarray) -> None:
         """`block`: N x B float64, row i = the same slice of model i (modified in place)."""
-        block -= block[self.reference]
-        self.gram += block @ block.T
+        from threadpoolctl import threadpool_limits
+
+        block -= block[self.reference].copy()  # a view of `block` itself would make numpy copy the whole block
+        # One BLAS thread: a short-and-wide product is never the bottleneck on one core (~1 GFlop per block), while
+        # OpenBLAS threads spinning on a busy machine made it 8-50x slower in our measurements.
+        with threadpool_limits(1, user_api="blas"):
+            self.gram += block @ block.T
 
     def distances(self) -> np.ndarray:
         diag = np.diag(self.gram)
@@ -131,11 +136,13 @@ def pairwise_distances(paths: Sequence[str | Path], scope: str = "backbone", ref
     paths = [Path(p) for p in paths]
     if len(paths) < 2:
         return np.zeros((len(paths), len(paths)))
-    shapes = None
+    shapes, bf16 = None, False
     for p in paths:
-        with open_checkpoint(p, scope) as r:
+        with open_checkpoint(p, scope, "np") as r:  # names, shapes and dtypes only
             mine = {k: r.shape(k) for k in r.keys}
+            bf16 = bf16 or any(r.dtype(k) == "BF16" for k in r.keys)
         shapes = mine if shapes is None else {k: shapes[k] for k in shared_keys(shapes, mine)}
+    framework = "pt" if bf16 else "np"  # slices are copied into the block anyway: no need for torch
     acc = GramAccumulator(len(paths), reference)
     plan = _segments(shapes, block or _block_size(len(paths)))
     buf = np.empty(len(paths) * max(sum(s[3] for s in b) for b in plan))
@@ -143,7 +150,7 @@ def pairwise_distances(paths: Sequence[str | Path], scope: str = "backbone", ref
         width = sum(s[3] for s in segs)
         x = buf[:len(paths) * width].reshape(len(paths), width)  # contiguous: the Gram product copies nothing
         for i, p in enumerate(paths):
-            with open_checkpoint(p, scope) as r:
+            with open_checkpoint(p, scope, framework) as r:
                 off = 0
                 for name, start, stop, n in segs:
                     x[i, off:off + n] = r.rows(name, start, stop)
