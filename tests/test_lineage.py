@@ -176,7 +176,8 @@ def _rows(n_backbones=3, epochs=6):
                 for lr in (1e-3, 1e-4):
                     for hs in (1, 2):
                         rows.append({"name": f"b{b}-{head}-{opt}-{lr}-{hs}", "stage": "finetuning", "parent": f"b{b}",
-                                     "head": head, "optimizer": opt, "lr": lr, "head_seed": hs, "final_epoch": epochs})
+                                     "head": head, "optimizer": opt, "lr": lr, "head_seed": hs, "final_epoch": epochs,
+                                     "momentum": 0.9 if opt == "sgd" else None})
     return rows
 
 

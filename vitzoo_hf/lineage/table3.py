@@ -29,6 +29,7 @@ from vitzoo_hf.errors import ZooError
 SETTINGS = {"epochs": None, "seed": "head_seed", "lr": "lr", "head": "head", "optimizer": "optimizer"}
 """Table 3's columns and the fine-tuning factor each one varies."""
 FACTORS = ("head", "head_seed", "optimizer", "lr", "weight_decay", "momentum", "dataset", "batch_size")
+OPTIMIZER_SETTINGS = ("weight_decay", "momentum")  # belong to the optimizer: they vary with it
 
 Node = tuple[str, int]  # (model name, epoch)
 
@@ -116,7 +117,8 @@ def _groups(kids: Sequence[Mapping], factor: str | None) -> list[list[Mapping]]:
         return [[k] for k in kids]
     by_rest: dict[tuple, dict] = defaultdict(dict)
     for k in kids:
-        rest = tuple(k.get(f) for f in FACTORS if f != factor)
+        ignored = (factor, *OPTIMIZER_SETTINGS) if factor == "optimizer" else (factor,)
+        rest = tuple(k.get(f) for f in FACTORS if f not in ignored)
         by_rest[rest].setdefault(k.get(factor), k)
     return [list(g.values()) for g in by_rest.values() if len(g) >= 2]
 
