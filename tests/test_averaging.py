@@ -137,6 +137,31 @@ def test_rebasin_recovers_permutation_under_noise():
     assert all(torch.equal(result.perms[n], inverse[n]) for n in spec.sizes)
 
 
+def test_matching_unrelated_models_never_worse_than_identity():
+    a, b = (tiny_vit(seed=s).state_dict() for s in (5, 6))
+    spec = vit_permutation_spec(a, HEADS)
+    result = weight_matching(spec, a, b)
+    assert result.objective >= result.objective_identity
+
+
+def test_one_factor_groups():
+    """Siblings that differ in exactly one factor; SGD's momentum may differ along with the optimizer."""
+    from vitzoo_hf.averaging import one_factor_groups
+
+    def row(name, parent="p", head="linear", opt="adamw", lr=1e-3, seed=1):
+        return {"name": name, "stage": "finetuning", "parent": parent, "dataset": "digits", "head": head,
+                "head_seed": seed, "optimizer": opt, "lr": lr, "weight_decay": 0.0,
+                "momentum": 0.99 if opt == "sgd" else None, "epochs": 6, "batch_size": 32}
+
+    rows = [row("a"), row("b", seed=2), row("c", opt="sgd"), row("d", lr=3e-3), row("e", parent="q"),
+            row("f", head="mlp", lr=3e-3)]
+    names = {f: [[m["name"] for m in ms] for _, ms in one_factor_groups(rows, f)] for f in
+             ("head_seed", "optimizer", "lr", "head")}
+    assert names == {"head_seed": [["a", "b"]], "optimizer": [["a", "c"]], "lr": [["a", "d"]], "head": [["d", "f"]]}
+    with pytest.raises(ZooError, match="cannot soup over 'parent'"):
+        one_factor_groups(rows, "parent")
+
+
 def test_merge_many_aligns_permuted_copies():
     """Three permuted copies of one model: both MergeMany and align-to-reference average back to a permutation
     of the model itself (the average of identical functions in one basis)."""
