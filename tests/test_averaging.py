@@ -321,3 +321,22 @@ def test_soups_greedy_and_rebasin_on_smoke(smoke_all):
         assert ends["naive", 0.0] == ends["aligned", 0.0] == p["accuracy_a"]
         assert ends["naive", 1.0] == ends["aligned", 1.0] == p["accuracy_b"]
         assert ends["aligned", 0.5] == p["aligned_average_accuracy"]
+
+
+def test_average_from_the_hub_equals_from_the_folder(pubhub, tmp_path):
+    """SOURCE as a published metadata repo: the same table as from the folder, and a saved model whose card and
+    averaging.json name the Hub repos and commits it came from."""
+    import json
+
+    from vitzoo_hf.cli import main
+
+    hub_out, dir_out = tmp_path / "hub", tmp_path / "dir"
+    assert main(["average", pubhub.meta, "--method", "epochs", "--window", "2", "--out", str(hub_out),
+                 "--save-model", "smoke-avg"]) == 0
+    assert main(["average", str(pubhub.zoo_dir), "--method", "epochs", "--window", "2", "--out", str(dir_out)]) == 0
+    assert (hub_out / "epochs.csv").read_text() == (dir_out / "epochs.csv").read_text()
+
+    info = json.loads((hub_out / "smoke-avg" / "averaging.json").read_text())
+    assert all(i["repo_id"].startswith("zoo-org/") and len(i["commit"]) == 40 for i in info["ingredients"])
+    card = (hub_out / "smoke-avg" / "README.md").read_text()
+    assert "base_model_relation: merge" in card and info["ingredients"][0]["repo_id"] in card
