@@ -137,6 +137,31 @@ def test_rebasin_recovers_permutation_under_noise():
     assert all(torch.equal(result.perms[n], inverse[n]) for n in spec.sizes)
 
 
+def test_matching_unrelated_models_never_worse_than_identity():
+    a, b = (tiny_vit(seed=s).state_dict() for s in (5, 6))
+    spec = vit_permutation_spec(a, HEADS)
+    result = weight_matching(spec, a, b)
+    assert result.objective >= result.objective_identity
+
+
+def test_one_factor_groups():
+    """Siblings that differ in exactly one factor; SGD's momentum may differ along with the optimizer."""
+    from vitzoo_hf.averaging import one_factor_groups
+
+    def row(name, parent="p", head="linear", opt="adamw", lr=1e-3, seed=1):
+        return {"name": name, "stage": "finetuning", "parent": parent, "dataset": "digits", "head": head,
+                "head_seed": seed, "optimizer": opt, "lr": lr, "weight_decay": 0.0,
+                "momentum": 0.99 if opt == "sgd" else None, "epochs": 6, "batch_size": 32}
+
+    rows = [row("a"), row("b", seed=2), row("c", opt="sgd"), row("d", lr=3e-3), row("e", parent="q"),
+            row("f", head="mlp", lr=3e-3)]
+    names = {f: [[m["name"] for m in ms] for _, ms in one_factor_groups(rows, f)] for f in
+             ("head_seed", "optimizer", "lr", "head")}
+    assert names == {"head_seed": [["a", "b"]], "optimizer": [["a", "c"]], "lr": [["a", "d"]], "head": [["d", "f"]]}
+    with pytest.raises(ZooError, match="cannot soup over 'parent'"):
+        one_factor_groups(rows, "parent")
+
+
 def test_merge_many_aligns_permuted_copies():
     """Three permuted copies of one model: both MergeMany and align-to-reference average back to a permutation
     of the model itself (the average of identical functions in one basis)."""
@@ -296,3 +321,22 @@ def test_soups_greedy_and_rebasin_on_smoke(smoke_all):
         assert ends["naive", 0.0] == ends["aligned", 0.0] == p["accuracy_a"]
         assert ends["naive", 1.0] == ends["aligned", 1.0] == p["accuracy_b"]
         assert ends["aligned", 0.5] == p["aligned_average_accuracy"]
+
+
+def test_average_from_the_hub_equals_from_the_folder(pubhub, tmp_path):
+    """SOURCE as a published metadata repo: the same table as from the folder, and a saved model whose card and
+    averaging.json name the Hub repos and commits it came from."""
+    import json
+
+    from vitzoo_hf.cli import main
+
+    hub_out, dir_out = tmp_path / "hub", tmp_path / "dir"
+    assert main(["average", pubhub.meta, "--method", "epochs", "--window", "2", "--out", str(hub_out),
+                 "--save-model", "smoke-avg"]) == 0
+    assert main(["average", str(pubhub.zoo_dir), "--method", "epochs", "--window", "2", "--out", str(dir_out)]) == 0
+    assert (hub_out / "epochs.csv").read_text() == (dir_out / "epochs.csv").read_text()
+
+    info = json.loads((hub_out / "smoke-avg" / "averaging.json").read_text())
+    assert all(i["repo_id"].startswith("zoo-org/") and len(i["commit"]) == 40 for i in info["ingredients"])
+    card = (hub_out / "smoke-avg" / "README.md").read_text()
+    assert "base_model_relation: merge" in card and info["ingredients"][0]["repo_id"] in card

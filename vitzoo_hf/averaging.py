@@ -217,6 +217,7 @@ class ZooEvaluation:
         self._templates: dict[tuple, torch.nn.Module] = {}
         self._scores: dict[tuple[str, int, str], dict[str, float]] = {}
         self.rows: dict[str, dict[str, Any]] = {r["name"]: dict(r) for r in zoo.models}
+        self.incomplete: list[str] = []  # models left out because they are not trained to their last epoch
         self.epochs: dict[str, dict[int, dict[str, Any]]] = {}  # name -> epoch -> checkpoints row
         table = zoo.checkpoints.select_columns(["name", "epoch", "train_accuracy", "validation_accuracy"])
         for c in table:
@@ -282,15 +283,23 @@ class ZooEvaluation:
 
 
 def classifier_rows(ev: ZooEvaluation, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Models with a classification head (fine-tunes and supervised backbones), optionally only `names`."""
+    """Complete models with a classification head (fine-tunes and supervised backbones), optionally only
+    `names`."""
     wanted = set(names) if names else None
     if wanted:
         unknown = sorted(wanted - set(ev.rows))
         if unknown:
             raise ZooError(f"--models names models not in zoo {ev.zoo.name!r}: {', '.join(unknown[:5])}; list "
                            "them with zoo.models['name']")
-    return [r for r in ev.rows.values() if (r["stage"] == "finetuning" or r["task"] == "supervised")
+    rows = [r for r in ev.rows.values() if (r["stage"] == "finetuning" or r["task"] == "supervised")
             and (wanted is None or r["name"] in wanted)]
+    ev.incomplete = sorted(r["name"] for r in rows if not _complete(r))
+    return [r for r in rows if _complete(r)]
+
+
+def _complete(row: dict[str, Any]) -> bool:
+    """Trained to its last epoch (a zoo still being generated has models part-way)."""
+    return row.get("epochs") is None or row.get("final_epoch") == row["epochs"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

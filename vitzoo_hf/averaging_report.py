@@ -378,6 +378,9 @@ def _run(source, method, out: Path, models, window, factors, save_model, batch_s
         figures = [lambda: fig_rebasin(curve, out / "fig_rebasin_interpolation.png")]
         summary = summarize_rebasin(pairs, many)
     summary = f"# vitzoo average {source} --method {method}\n\n{summary}"
+    if ev.incomplete:
+        summary += (f"\nLeft out {len(ev.incomplete)} model(s) not yet trained to their last epoch: "
+                    f"{', '.join(ev.incomplete[:5])}{' …' if len(ev.incomplete) > 5 else ''}\n")
     files: list[Path] = []
     saved = None
     if not ev.accelerator.is_main_process:
