@@ -406,7 +406,12 @@ def _read_yaml(ref: str) -> tuple[dict[str, Any], str]:
     if ref in shipped_blueprints() and not path.exists():
         text, source = resources.files("vitzoo_hf").joinpath("blueprints").joinpath(f"{ref}.yaml").read_text(), ref
     elif path.is_file():
-        text, source = path.read_text(), str(path)
+        raw, source = path.read_bytes(), str(path)
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ZooError(f"blueprint {source} is not UTF-8 text (byte {raw[err.start]:#04x} at offset {err.start}); "
+                           "save it with UTF-8 encoding") from None
     else:
         raise ZooError(f"blueprint '{ref}' not found: give a path to a YAML file or one of the shipped "
                        f"blueprints: {', '.join(shipped_blueprints())}")
@@ -430,6 +435,18 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _relative_to(parent: str, source: str) -> str:
+    """A relative `extends:` path means next to the blueprint that says it (not the working directory); a shipped
+    name stays a name unless a file of that name sits next to the blueprint."""
+    here = Path(source).parent if source not in shipped_blueprints() else None
+    if here is None or Path(parent).is_absolute():
+        return parent
+    beside = here / parent
+    if beside.is_file() or parent not in shipped_blueprints():
+        return str(beside)
+    return parent
+
+
 def _resolved_data(ref: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
     """The YAML data of `ref` merged over the blueprint it `extends` (recursively)."""
     data, source = _read_yaml(ref)
@@ -439,6 +456,7 @@ def _resolved_data(ref: str, chain: tuple[str, ...] = ()) -> tuple[dict[str, Any
     if not isinstance(parent, str):
         raise ZooError(f"blueprint {source}: key 'extends' has invalid value {parent!r}; "
                        "allowed: the name or path of another blueprint")
+    parent = _relative_to(parent, source)
     if parent in (*chain, ref):
         raise ZooError(f"blueprint {source}: 'extends' forms a cycle through '{parent}'")
     base, _ = _resolved_data(parent, (*chain, ref))

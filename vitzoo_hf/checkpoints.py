@@ -102,13 +102,31 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, path: Path) -> None:
     optimizer.load_state_dict({"state": state, "param_groups": groups})
 
 
+def read_manifest(ckpt: Path) -> dict[str, Any]:
+    """A checkpoint's manifest.json, checked to hold what every reader relies on (epoch, metrics, sha256 of each
+    file including the weights); anything else is a damaged checkpoint named with its fix."""
+    path = ckpt / layout.MANIFEST_FILE
+    manifest = read_json(path)
+    digests = manifest.get("sha256") if isinstance(manifest, dict) else None
+    if not (
+        isinstance(digests, dict)
+        and isinstance(manifest.get("epoch"), int)
+        and isinstance(manifest.get("metrics"), dict)
+        and layout.WEIGHTS_FILE in digests
+        and all(isinstance(k, str) and isinstance(v, str) for k, v in digests.items())
+    ):
+        raise ZooError(f"{path} is damaged (it needs 'epoch', 'metrics' and the 'sha256' of every file, including "
+                       f"{layout.WEIGHTS_FILE}); delete {ckpt} and rerun the same command to retrain that epoch")
+    return manifest
+
+
 def verify_checkpoint(ckpt: Path) -> dict[str, Any]:
     """Check every file against the manifest's sha256; name the first bad file in the error."""
     manifest_path = ckpt / layout.MANIFEST_FILE
     if not manifest_path.is_file():
         raise ZooError(f"checkpoint {ckpt} has no {layout.MANIFEST_FILE}; it is not a vitzoo checkpoint or was "
                        "damaged: delete the folder and run the same command again to retrain that epoch")
-    manifest = read_json(manifest_path)
+    manifest = read_manifest(ckpt)
     for name, digest in manifest["sha256"].items():
         file = ckpt / name
         if not file.is_file():
@@ -148,7 +166,7 @@ def save_checkpoint(model_path: Path, epoch: int, model: nn.Module, optimizer, r
     # checkpoint (as verify_checkpoint advises) still leaves one to resume from.
     for older_epoch, older in layout.checkpoints(model_path).items():
         if older_epoch < epoch - 1 and (older / layout.TRAINING_STATE_FILE).exists():
-            old = read_json(older / layout.MANIFEST_FILE)
+            old = read_manifest(older)
             old["sha256"].pop(layout.TRAINING_STATE_FILE, None)
             write_json_atomic(older / layout.MANIFEST_FILE, json.dumps(old, indent=1))
             (older / layout.TRAINING_STATE_FILE).unlink()
@@ -160,7 +178,7 @@ def write_results(model_path: Path) -> list[dict[str, Any]]:
     crash between a checkpoint's rename and this write)."""
     rows = []
     for ckpt in layout.checkpoints(model_path).values():
-        manifest = read_json(ckpt / layout.MANIFEST_FILE)
+        manifest = read_manifest(ckpt)
         rows.append({**manifest["metrics"], "weights_sha256": manifest["sha256"][layout.WEIGHTS_FILE]})
     write_json_atomic(model_path / layout.RESULT_FILE, "".join(json.dumps(r) + "\n" for r in rows))
     return rows

@@ -15,7 +15,7 @@ from vitzoo_hf import layout
 from vitzoo_hf.blueprint import Blueprint, ModelSpec, expand, find_model, load_blueprint
 from vitzoo_hf.checkpoints import is_complete
 from vitzoo_hf.errors import ZooError
-from vitzoo_hf.training import check_settings, model_record, train_model
+from vitzoo_hf.training import check_settings, check_tracker, model_record, train_model
 
 
 def _launch_command(n: int) -> list[str]:
@@ -44,6 +44,7 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
                                "add the parent to --only")
     if num_processes < 1:
         raise ZooError(f"--num-processes must be >= 1, got {num_processes}")
+    check_tracker(log_with)
     todo = []
     for m in models:
         if is_complete(out, m):  # skipped, but only if it is the model this blueprint describes

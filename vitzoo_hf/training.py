@@ -210,6 +210,26 @@ def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None
             "blueprint": {"name": bp.name, "source": bp.source}, "versions": _versions()}
 
 
+def check_tracker(log_with: str | None) -> None:
+    """`--log-with` must name an Accelerate tracker that is installed: otherwise Accelerate only warns, and a whole
+    zoo trains with its metrics going nowhere."""
+    if not log_with:
+        return
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS, get_available_trackers
+
+    known = sorted(LOGGER_TYPE_TO_CLASS)
+    available = sorted(str(getattr(t, "value", t)) for t in get_available_trackers())
+    if log_with != "all" and log_with not in known:
+        raise ZooError(f"--log-with {log_with} is not an Accelerate tracker; use one of: all, {', '.join(known)} "
+                       f"(installed here: {', '.join(available) or 'none'})")
+    if log_with == "all" and not available:
+        raise ZooError(f"--log-with all: no Accelerate tracker is installed; pip install one of: {', '.join(known)} "
+                       "(e.g. tensorboard)")
+    if log_with != "all" and log_with not in available:
+        raise ZooError(f"--log-with {log_with}: the tracker is not installed; pip install {log_with} (installed "
+                       f"here: {', '.join(available) or 'none'}; e.g. pip install tensorboard)")
+
+
 def _accelerator(log_with: str | None, project_dir: Path, precision: str) -> Accelerator:
     """The precision is ours (blueprint or --mixed-precision), never the launcher's: `accelerate launch` always
     sets ACCELERATE_MIXED_PRECISION (to `no` unless configured), which would make launch paths differ."""
@@ -241,6 +261,7 @@ def train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: str | Path, log_with: s
                 progress: bool = True, mixed_precision: str | None = None) -> Path:
     """Train (or resume, or skip if complete) one model; return its directory. `mixed_precision` overrides the
     blueprint's setting (auto | no | bf16 | fp16)."""
+    check_tracker(log_with)
     with _quiet_transformers():
         return _train_model(bp, spec, Path(zoo_dir), log_with, progress, mixed_precision or bp.mixed_precision)
 

@@ -38,10 +38,19 @@ def add_hub_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
 
 
 def run_serve(args: argparse.Namespace) -> None:
+    from .errors import HubError
+    from .names import RESERVED_NAMESPACES, check_repo_part
     from .server import HubServer, is_loopback
 
     if not (0 <= args.port <= 65535):
         raise ZooError(f"--port {args.port} is out of range: use 0-65535.")
+    try:
+        check_repo_part(args.user, "user name")
+    except HubError:
+        raise ZooError(f"--user {args.user!r} is not a valid Hub user name: use 1-96 characters from [A-Za-z0-9._-], "
+                       "starting with a letter or digit (e.g. --user vitzoo).") from None
+    if args.user.lower() in RESERVED_NAMESPACES:
+        raise ZooError(f"--user {args.user!r} is reserved (its URLs route elsewhere): pick another name.")
     if not is_loopback(args.host):
         if not args.allow_remote:
             raise ZooError(f"--host {args.host} is not a loopback address: add --allow-remote to expose the hub "

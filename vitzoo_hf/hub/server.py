@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, unquote
 
 from .errors import BadRequest, HubError
+from .names import check_repo_part
 from .wire import BodyReader, Request, Response, error_response, header_value, json_response
 
 _SEND_BUFFER = 1 << 20
@@ -167,6 +168,7 @@ class HubServer:
 
         if not is_loopback(host) and not allow_remote:
             raise ValueError(f"refusing to bind {host}: not a loopback address (pass allow_remote=True)")
+        check_repo_part(user, "user name")  # before the store is made: a bad call creates nothing
         self.store = Store(root)
         try:
             self.app = HubApp(self.store, tokens, user=user, page_size=page_size, orgs=orgs)
