@@ -520,7 +520,8 @@ class Publisher:
         desc = f"ViT model zoo '{self.zoo}': {len(self.models)} models, a branch per epoch; metadata: {self.meta_repo}"
         # The metadata repo is filled after the collection is made; it must exist to be an item (when the namespace
         # is the user's own, check_namespace did not need to create it).
-        self.api.create_repo(self.meta_repo, repo_type="dataset", private=self.private, exist_ok=True)
+        if not self.api.repo_exists(self.meta_repo, repo_type="dataset"):  # creations are rate-limited on the Hub
+            self.api.create_repo(self.meta_repo, repo_type="dataset", private=self.private, exist_ok=True)
         col = self.api.create_collection(title, namespace=self.namespace, description=desc[:150],
                                          private=self.private, exists_ok=True)
         present = {(i.item_type, i.item_id) for i in self.api.get_collection(col.slug).items}
