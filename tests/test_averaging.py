@@ -279,9 +279,12 @@ def test_average_cli_epochs_and_saved_model(smoke_all, tmp_path):
     acc = Evaluator(evaluation_dataset(zoo.record(name)))(model)["accuracy"]
     assert acc == pytest.approx(info["validation"]["accuracy"])
     assert name in (saved / "README.md").read_text()
-    # the same name again is refused, and nothing is overwritten
+    # the same name again is refused, and nothing is overwritten; other bad flags are one-line errors too
     assert main(["average", str(zoo_dir), "--method", "epochs", "--window", "2", "--out", str(out),
                  "--save-model", "smoke-avg"]) == 2
+    for bad in (["--window", "0"], ["--batch-size", "0"], ["--models", "no-such-model"], ["--save-model", "a/b"]):
+        assert main(["average", str(zoo_dir), "--method", "epochs", "--out", str(tmp_path / "x"), *bad]) == 2, bad
+    assert not (tmp_path / "x").exists()
 
 
 def test_window_of_one_equals_single_checkpoints(smoke_all):

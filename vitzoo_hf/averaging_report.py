@@ -350,6 +350,8 @@ def _run(source, method, out: Path, models, window, factors, save_model, batch_s
 
     if method not in METHODS:
         raise ZooError(f"--method {method!r} is unknown; choose from {', '.join(METHODS)}")
+    if batch_size < 1:
+        raise ZooError(f"--batch-size must be >= 1, got {batch_size}")
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} is a file; give a folder")
     target = check_model_name(save_model, out) if save_model else None
