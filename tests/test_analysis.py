@@ -193,7 +193,11 @@ PINNED = [0.49853515625, -0.39453125, 0.48779296875]
 
 
 def _table(path: Path) -> tuple[list[str], list[list[str]]]:
-    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
+    return _table_text(path.read_text())
+
+
+def _table_text(text: str) -> tuple[list[str], list[list[str]]]:
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
     cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
     return cells[0], cells[2:]
 
@@ -231,6 +235,25 @@ def test_analyze_smoke_zoo_writes_the_papers_tables(smoke_all, tmp_path):
         assert (out / name).stat().st_size > 0
     for name in ("accuracy_over_epochs.png", "weight_statistics.png", "distance_matrix.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_paper_zoo_gets_the_papers_values_beside_ours(smoke_all):
+    from vitzoo_hf.analysis.population import collect
+    from vitzoo_hf.analysis.tables import table1, table6, table7
+    from vitzoo_hf.zoo import Zoo
+
+    pop = collect(Zoo.from_dir(smoke_all[1]), progress=False)
+    assert "(paper)" not in table1(pop).to_markdown()
+    pop.name = "paper"  # the `paper` blueprint's zoo: rows are matched to the paper's by their keys
+    t = table1(pop)
+    assert t.header()[:4] == ["λP", "Accuracy", "Accuracy (paper)", "Skewness"]
+    assert t.header()[-2:] == ["L2 between cluster", "L2 between cluster (paper)"]
+    _, rows = _table_text(t.to_markdown())
+    assert rows[0][2] == "68.39±4.85" and rows[0][-1] == "2689±425" and rows[2][-1] == "2753±476"
+    _, rows = _table_text(table6(pop).to_markdown())
+    assert rows[0][:4] == ["Contrastive", "AdamW", "Linear", "1e-3"] and rows[0][5] == "76.37"
+    _, rows = _table_text(table7(pop).to_markdown())
+    assert rows == [["42", "32", rows[0][2], "–", rows[0][4], "–"]]  # the paper has no (42, 32) run
 
 
 def test_tables_from_metadata_alone_equal_tables_from_weights(smoke_all, tmp_path):

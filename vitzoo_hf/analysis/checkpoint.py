@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from vitzoo_hf.analysis.backbone import open_checkpoint
-from vitzoo_hf.analysis.distances import _squared_difference
-from vitzoo_hf.analysis.sketch import SKETCH_DIM, _count_sketch_add, _hash_keys
+from vitzoo_hf.analysis.distances import squared_distance
+from vitzoo_hf.analysis.sketch import SKETCH_DIM, accumulate
 from vitzoo_hf.analysis.weights import Moments
 
 STAT_COLUMNS = ("skewness", "kurtosis", "l2_norm", "l2_to_parent", "sketch")
@@ -34,9 +34,9 @@ def checkpoint_statistics(weights_path: str | Path, parent_weights_path: str | P
         squared, shared = 0.0, 0
         for name, x in ckpt.items():
             total = total + Moments.of(x)
-            _count_sketch_add(x, *_hash_keys(name), sk)
+            accumulate(sk, name, x)
             if parent is not None and name in parent.keys and parent.shape(name) == ckpt.shape(name):
-                squared += _squared_difference(x, parent.array(name))
+                squared += squared_distance(x, parent.array(name))
                 shared += 1
         if parent is not None and shared:
             to_parent = math.sqrt(squared)

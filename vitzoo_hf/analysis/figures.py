@@ -14,6 +14,17 @@ from vitzoo_hf.blueprint import format_lr
 FACTORS = (("task", "pre-training task"), ("head", "head"), ("optimizer", "optimizer"), ("lr", "learning rate"))
 
 
+def _save(fig, path: Path) -> Path:
+    """Save atomically (a reader never sees half a PNG) and free the figure."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    os.replace(tmp, path)
+    _plt().close(fig)
+    return path
+
+
 def _plt():
     import matplotlib
 
@@ -54,9 +65,7 @@ def accuracy_over_epochs(pop: Population, path: Path) -> Path:
         ax.set_ylabel("validation accuracy (%)")
     fig.suptitle(f"zoo {pop.name}: fine-tuned models, mean and min–max")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def weight_statistics(pop: Population, path: Path) -> Path:
@@ -78,9 +87,7 @@ def weight_statistics(pop: Population, path: Path) -> Path:
     axes[0].legend(fontsize=8)
     fig.suptitle(f"zoo {pop.name}: weight statistics of the final backbones per pre-training task")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def distance_matrix(pop: Population, path: Path) -> Path:
@@ -97,9 +104,7 @@ def distance_matrix(pop: Population, path: Path) -> Path:
     how = "estimated from sketches" if pop.distance_method == "sketch" else "exact"
     ax.set_title(f"zoo {pop.name}: L2 distances between\nfinal checkpoints ({how})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def _short(name: str) -> str:

@@ -50,13 +50,18 @@ def _hash_keys(name: str) -> tuple[np.uint64, np.uint64]:
     return np.uint64(int.from_bytes(digest[:8], "little") | 1), np.uint64(int.from_bytes(digest[8:16], "little"))
 
 
+def accumulate(out: np.ndarray, name: str, tensor) -> None:
+    """Add one named tensor to a sketch being built (`out`: float64 zeros of SKETCH_DIM; cast to float32 at the
+    end). Tensors must be added in sorted-name order for bit-identical results."""
+    _count_sketch_add(flat(tensor), *_hash_keys(name), out)
+
+
 def sketch(named_tensors: Mapping | Iterable[tuple[str, object]]) -> np.ndarray:
-    """The sketch (float32[SKETCH_DIM]) of (normalised name, tensor) pairs; order does not matter."""
+    """The sketch (float32[SKETCH_DIM]) of (normalised name, tensor) pairs, in any order."""
     items = named_tensors.items() if isinstance(named_tensors, Mapping) else named_tensors
     out = np.zeros(SKETCH_DIM)
     for name, t in sorted(items, key=lambda kv: kv[0]):
-        a, b = _hash_keys(name)
-        _count_sketch_add(flat(t), a, b, out)
+        accumulate(out, name, t)
     return out.astype(np.float32)
 
 
