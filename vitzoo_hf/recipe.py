@@ -167,7 +167,7 @@ def _loader(ds: SeededImages, batch_size: int, sampler: SeededSampler, collate: 
             num_workers: int) -> DataLoader:
     # The loader's own generator only feeds its worker base seeds (unused: every image carries its seed); a
     # private one keeps it off the global generator, whose draws then match with and without workers.
-    workers = {"persistent_workers": True, "prefetch_factor": 4} if num_workers else {}
+    workers = {"persistent_workers": True, "prefetch_factor": 2} if num_workers else {}  # 2 batches per worker
     return DataLoader(ds, batch_size, sampler=sampler, collate_fn=collate, drop_last=drop_last,
                       num_workers=num_workers, pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
                       **workers)
