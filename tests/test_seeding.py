@@ -8,9 +8,9 @@ import yaml
 
 from vitzoo_hf import layout
 from vitzoo_hf.blueprint import expand, load_blueprint
-from vitzoo_hf.data import load_splits
+from vitzoo_hf.data import class_names, load_splits
 from vitzoo_hf.errors import ZooError
-from vitzoo_hf.recipe import supervised_loaders
+from vitzoo_hf.recipe import batch_mixer, supervised_loaders
 from vitzoo_hf.training import seed_epoch, train_model
 
 
@@ -20,7 +20,8 @@ def _first_batch(bp, spec):
     generator = torch.Generator()
     loader = supervised_loaders(bp, bp.finetuning.augmentation, splits, spec.batch_size, generator)["train"]
     seed_epoch(generator, spec, epoch=1)
-    return next(iter(loader))
+    mix = batch_mixer(bp.finetuning.augmentation, len(class_names(splits)))
+    return mix(*next(iter(loader)))  # as the training loop does, on the device batch
 
 
 def test_siblings_sharing_parent_and_head_seed_draw_the_same_batches(tmp_path):

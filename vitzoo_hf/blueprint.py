@@ -256,6 +256,21 @@ class Finetuning:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """Per-epoch evaluation cost. The training-split metrics (for the generalisation gap) use a fixed subset of at
+    most `train_max` training images (null: all of them); `batch_size` is the supervised evaluation batch (as
+    large as memory allows; contrastive retrieval is evaluated at the training batch size, on which it depends)."""
+
+    train_max: int | None = 10000
+    batch_size: int = 1024
+
+    def _check(self, path: str) -> None:
+        _positive(self, "batch_size", path)
+        if self.train_max is not None:
+            _positive(self, "train_max", path)
+
+
+@dataclass(frozen=True)
 class Blueprint:
     """A whole zoo. `source` records where it was read from (not a generating factor)."""
 
@@ -268,9 +283,15 @@ class Blueprint:
     # Training precision on every launch path (not a generating factor: recorded, and a resume must match it).
     # auto: bf16 on a CUDA GPU that supports it, else fp32 ("no"). `--mixed-precision` overrides it.
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    evaluation: Evaluation = field(default_factory=Evaluation)
+    # DataLoader worker processes per model (decoding and augmentation); null: from the CPU count. Not a
+    # generating factor: results do not depend on it. `--num-workers` overrides it.
+    num_workers: int | None = None
     source: str = field(default="", compare=False)
 
     def _check(self, path: str) -> None:
+        if self.num_workers is not None:
+            _non_negative(self, "num_workers", path)
         if not _NAME_RE.match(self.name) or "--" in self.name or len(self.name) > 40:
             _fail("name", self.name, "lower-case letters, digits and single '-', at most 40 characters")
         size = self.architecture.image_size

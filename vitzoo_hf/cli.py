@@ -39,8 +39,9 @@ def _plan(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     from vitzoo_hf.runner import generate
 
+    devices = args.devices.split(",") if args.devices is not None else None
     generate(args.blueprint, args.out, only=args.only, num_processes=args.num_processes, log_with=args.log_with,
-             mixed_precision=args.mixed_precision)
+             mixed_precision=args.mixed_precision, num_workers=args.num_workers, jobs=args.jobs, devices=devices)
 
 
 def _publish(args: argparse.Namespace) -> None:
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="NAME", help="train only these models (parents are required)")
     p.add_argument("--num-processes", type=int, default=1,
                    help="processes per model via `accelerate launch` (default 1: in this process)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many models at once, one subprocess each, on its own device (--devices) or its "
+                        "share of the CPU cores; a failed model skips only its children (default 1)")
+    p.add_argument("--devices", default=None, metavar="LIST",
+                   help="comma-separated GPU ids for the jobs (CUDA_VISIBLE_DEVICES per job), e.g. 0,1,2,3")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes per model (default: the blueprint's num_workers, else from the "
+                        "CPU count and --jobs); results do not depend on it")
     p.add_argument("--log-with", default=None, help="Accelerate tracker for metrics (tensorboard, wandb, ...)")
     p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=None,
                    help="training precision (default: the blueprint's mixed_precision, itself 'auto': bf16 on a "

@@ -6,19 +6,19 @@ The evaluation transform is also what a checkpoint's image processor reproduces 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 from vitzoo_hf.blueprint import Augmentation, Blueprint
-from vitzoo_hf.data import class_names
 from vitzoo_hf.modeling import ZooViTConfig
 from vitzoo_hf.simclr import IMAGENET_MEAN, IMAGENET_STD, TwoViews
-
-EVAL_BATCH_SIZE = 256
 
 
 def model_config(bp: Blueprint, labels: list[str], head: str = "linear") -> ZooViTConfig:
@@ -69,7 +69,9 @@ def image_transforms(bp: Blueprint, aug: Augmentation) -> tuple[v2.Transform, v2
 
 
 def batch_mixer(aug: Augmentation, num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], tuple]:
-    """MixUp or CutMix (one chosen per batch, torchvision v2) → (images, soft targets)."""
+    """MixUp or CutMix (one chosen per batch, torchvision v2) → (images, soft targets). Applied by the training
+    loop to the batch already on the accelerator: the draws come from the global CPU generator (seeded per epoch
+    and process), the arithmetic runs where the batch is."""
     mixers = [m for alpha, m in ((aug.mixup_alpha, v2.MixUp), (aug.cutmix_alpha, v2.CutMix)) if alpha > 0]
     if not mixers:
         return lambda x, y: (x, F.one_hot(y, num_classes).float())
@@ -78,52 +80,132 @@ def batch_mixer(aug: Augmentation, num_classes: int) -> Callable[[torch.Tensor, 
     return lambda x, y: choice(x, y)
 
 
-def supervised_loaders(bp, aug, splits, batch_size, generator):
+# --------------------------------------------------------------------------------------------------------------
+# Loaders. Every sample's augmentation is seeded from (epoch, sample index) alone, so the images a batch holds do
+# not depend on which process (main or one of N DataLoader workers) made them: any worker count gives the same
+# bits, and a resumed epoch the same images as an uninterrupted one.
+
+SAMPLE_SEED_RULE = ("per-image augmentation: torch's CPU generator seeded with (base + index * 0x9E3779B97F4A7C15) "
+                    "mod 2**63; base: drawn from the epoch's data-order generator after the shuffle (training), "
+                    "the data seed (+1 for validation) for evaluation's fixed contrastive views")
+TRAIN_EVAL_RULE = "the first train_max of numpy.random.default_rng(0).permutation(len(train)), in data-set order"
+
+
+def sample_seed(base: int, index: int) -> int:
+    """See SAMPLE_SEED_RULE."""
+    return (base + index * 0x9E3779B97F4A7C15) % 2**63
+
+
+class SeededSampler(Sampler[tuple[int, int]]):
+    """Yields (index, augmentation seed) pairs: the indices shuffled by `generator` (as `RandomSampler` does) or
+    in order; the seeds from a base drawn from `generator` after the shuffle, or a fixed `base`."""
+
+    def __init__(self, indices: Sequence[int], generator: torch.Generator, shuffle: bool, base: int | None = None):
+        self.indices, self.generator, self.shuffle, self.base = list(indices), generator, shuffle, base
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        n = len(self.indices)
+        order = torch.randperm(n, generator=self.generator).tolist() if self.shuffle else range(n)
+        base = self.base if self.base is not None else int(torch.randint(2**62, (), generator=self.generator))
+        for k in order:
+            yield self.indices[k], sample_seed(base, self.indices[k])
+
+
+class SeededImages(Dataset):
+    """A split of images with a per-image transform run under its sample's seed (keys: (index, seed)). The
+    caller's global CPU generator is left as it was, so the main process (0 workers) and a worker give the same
+    images and the training loop's own draws (MixUp/CutMix, stochastic depth) are untouched."""
+
+    def __init__(self, split, transform: Callable):
+        self.split, self.transform = split, transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[Any, int]]:
+        rows = self.split[[i for i, _ in keys]]  # one Arrow read per batch; images decoded here, in the worker
+        state = torch.default_generator.get_state()
+        try:
+            out = []
+            for (_, seed), image, label in zip(keys, rows["image"], rows["label"], strict=True):
+                torch.default_generator.manual_seed(seed)
+                out.append((self.transform(image), label))
+            return out
+        finally:
+            torch.default_generator.set_state(state)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Any, int]:
+        return self.__getitems__([key])[0]
+
+
+def collate_supervised(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+
+
+def collate_views(items: list[tuple[tuple[torch.Tensor, torch.Tensor], int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.stack([v[0] for v, _ in items]), torch.stack([v[1] for v, _ in items])
+
+
+def default_num_workers(jobs: int = 1) -> int:
+    """Loader workers when none are set: this process's share of the usable cores minus the one that trains,
+    at most 8 (decoding and augmentation then run beside the training step)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(0, min(8, cores // max(jobs, 1) - 1))
+
+
+def train_eval_indices(n: int, train_max: int | None) -> list[int]:
+    """The fixed subset of the training split that training metrics are computed on (TRAIN_EVAL_RULE)."""
+    if train_max is None or n <= train_max:
+        return list(range(n))
+    return sorted(np.random.default_rng(0).permutation(n)[:train_max].tolist())
+
+
+def _loader(ds: SeededImages, batch_size: int, sampler: SeededSampler, collate: Callable, drop_last: bool,
+            num_workers: int) -> DataLoader:
+    # The loader's own generator only feeds its worker base seeds (unused: every image carries its seed); a
+    # private one keeps it off the global generator, whose draws then match with and without workers.
+    workers = {"persistent_workers": True, "prefetch_factor": 2} if num_workers else {}  # 2 batches per worker
+    return DataLoader(ds, batch_size, sampler=sampler, collate_fn=collate, drop_last=drop_last,
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available(), generator=torch.Generator(),
+                      **workers)
+
+
+def supervised_loaders(bp: Blueprint, aug: Augmentation, splits, batch_size: int, generator: torch.Generator,
+                       num_workers: int = 0) -> dict[str, DataLoader]:
+    """train (shuffled by `generator`, augmented; batches unmixed: see `batch_mixer`), eval_train (the fixed
+    subset of `train_eval_indices`) and eval_validation (every image), both with the evaluation transform."""
     train_tf, eval_tf = image_transforms(bp, aug)
-    mix = batch_mixer(aug, len(class_names(splits)))
-
-    def apply(tf):
-        return lambda b: {"pixel_values": [tf(im) for im in b["image"]], "label": b["label"]}
-
-    def collate(items, mixed):
-        x = torch.stack([i["pixel_values"] for i in items])
-        y = torch.tensor([i["label"] for i in items])
-        return mix(x, y) if mixed else (x, y)
-
-    train = splits["train"].with_transform(apply(train_tf))
-    loaders = {"train": DataLoader(train, batch_size, sampler=RandomSampler(train, generator=generator),
-                                   collate_fn=lambda b: collate(b, True), drop_last=len(train) >= batch_size)}
-    for split in ("train", "validation"):
-        ds = splits[split].with_transform(apply(eval_tf))
-        loaders[f"eval_{split}"] = DataLoader(ds, EVAL_BATCH_SIZE, sampler=SequentialSampler(ds),
-                                              collate_fn=lambda b: collate(b, False))
+    train = SeededImages(splits["train"], train_tf)
+    loaders = {"train": _loader(train, batch_size, SeededSampler(range(len(train)), generator, shuffle=True),
+                                collate_supervised, len(train) >= batch_size, num_workers)}
+    ev = bp.evaluation
+    for split, indices in (("train", train_eval_indices(len(splits["train"]), ev.train_max)),
+                           ("validation", range(len(splits["validation"])))):
+        ds = SeededImages(splits[split], eval_tf)
+        loaders[f"eval_{split}"] = _loader(ds, ev.batch_size, SeededSampler(indices, generator, False, base=0),
+                                           collate_supervised, False, num_workers)
     return loaders
 
 
-def contrastive_loaders(bp, splits, batch_size, generator):
+def contrastive_loaders(bp: Blueprint, splits, batch_size: int, generator: torch.Generator, data_seed: int = 0,
+                        num_workers: int = 0) -> tuple[dict[str, DataLoader], TwoViews]:
+    """train (shuffled, two fresh views per image), eval_train (fixed subset) and eval_validation with fixed
+    views (seeded from `data_seed`), evaluated at the training batch size: retrieval accuracy depends on it."""
     c = bp.pretraining.tasks.contrastive
     views = TwoViews(size=bp.architecture.image_size, scale=c.views.crop_scale, brightness=c.views.color_jitter[0],
                      contrast=c.views.color_jitter[1], saturation=c.views.color_jitter[2],
                      hue=c.views.color_jitter[3], p_jitter=c.views.p_color_jitter, p_gray=c.views.p_grayscale,
                      blur_kernel=c.views.blur_kernel, blur_sigma=c.views.blur_sigma, p_blur=c.views.p_blur,
                      mean=IMAGENET_MEAN, std=IMAGENET_STD)
-
-    def apply(b):
-        pairs = [views(im) for im in b["image"]]
-        return {"a": [p[0] for p in pairs], "b": [p[1] for p in pairs]}
-
-    def collate(items):
-        return torch.stack([i["a"] for i in items]), torch.stack([i["b"] for i in items])
-
-    loaders = {}
-    for split in ("train", "validation"):
-        ds = splits[split].with_transform(apply)
-        enough = len(ds) >= batch_size
-        if split == "train":
-            loaders["train"] = DataLoader(ds, batch_size, sampler=RandomSampler(ds, generator=generator),
-                                          collate_fn=collate, drop_last=enough)
-        # Retrieval accuracy depends on the batch size (1 positive among 2B-1): evaluate at the training size.
-        loaders[f"eval_{split}"] = DataLoader(ds, batch_size, sampler=SequentialSampler(ds), collate_fn=collate,
-                                              drop_last=enough)
+    train = SeededImages(splits["train"], views)
+    loaders = {"train": _loader(train, batch_size, SeededSampler(range(len(train)), generator, shuffle=True),
+                                collate_views, len(train) >= batch_size, num_workers)}
+    for offset, split, indices in ((0, "train", train_eval_indices(len(splits["train"]), bp.evaluation.train_max)),
+                                   (1, "validation", range(len(splits["validation"])))):
+        sampler = SeededSampler(indices, generator, shuffle=False, base=data_seed + offset)
+        loaders[f"eval_{split}"] = _loader(SeededImages(splits[split], views), batch_size, sampler, collate_views,
+                                           len(indices) >= batch_size, num_workers)
     return loaders, views
-

@@ -1,12 +1,16 @@
 """Running a zoo: every model not complete yet, parents first — in this process, through `accelerate launch`,
-or as SLURM job arrays."""
+many models at once as subprocesses (`--jobs`), or as SLURM job arrays."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -15,7 +19,10 @@ from vitzoo_hf import layout
 from vitzoo_hf.blueprint import Blueprint, ModelSpec, expand, find_model, load_blueprint
 from vitzoo_hf.checkpoints import is_complete
 from vitzoo_hf.errors import ZooError
+from vitzoo_hf.recipe import default_num_workers
 from vitzoo_hf.training import check_settings, check_tracker, model_record, train_model
+
+JOB_LOGS = ".logs"  # under the zoo directory: one log per model trained by a --jobs subprocess
 
 
 def _launch_command(n: int) -> list[str]:
@@ -25,8 +32,13 @@ def _launch_command(n: int) -> list[str]:
 
 
 def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None, num_processes: int = 1,
-             log_with: str | None = None, progress: bool = True, mixed_precision: str | None = None) -> list[ModelSpec]:
-    """Train every (selected) model of the blueprint that is not complete; return the models trained now."""
+             log_with: str | None = None, progress: bool = True, mixed_precision: str | None = None,
+             num_workers: int | None = None, jobs: int = 1, devices: Sequence[str] | None = None) -> list[ModelSpec]:
+    """Train every (selected) model of the blueprint that is not complete; return the models trained now.
+
+    `jobs` > 1 (or `devices`) trains that many models at once, each in its own subprocess on its own device or
+    share of the CPU cores (`run_jobs`); otherwise models train one after another in this process (or, with
+    `num_processes` > 1, each through `accelerate launch` across that many processes)."""
     bp = load_blueprint(ref)
     out = Path(out)
     models = expand(bp)
@@ -45,22 +57,160 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
     if num_processes < 1:
         raise ZooError(f"--num-processes must be >= 1, got {num_processes}")
     check_tracker(log_with)
+    if jobs < 1:
+        raise ZooError(f"--jobs must be >= 1, got {jobs}")
+    if num_workers is not None and num_workers < 0:
+        raise ZooError(f"--num-workers must be >= 0, got {num_workers}")
+    if devices is not None and (not devices or not all(d.strip() for d in devices)):
+        raise ZooError(f"--devices must be a comma-separated list of device ids such as 0,1,2,3, got "
+                       f"{','.join(devices)!r}")
+    if num_processes > 1 and (jobs > 1 or devices):
+        raise ZooError("--jobs/--devices (many models, one process each) and --num-processes (one model across "
+                       "processes) do not combine; use one of them, or SLURM for many multi-GPU models")
     todo = []
     for m in models:
         if is_complete(out, m):  # skipped, but only if it is the model this blueprint describes
             check_settings(layout.model_dir(out, m), model_record(bp, m, None, m.batch_size), resuming=False)
         else:
             todo.append(m)
+    if jobs > 1 or devices:
+        report = run_jobs(bp, todo, out, jobs, devices, num_workers=num_workers, mixed_precision=mixed_precision,
+                          log_with=log_with, progress=progress)
+        if report.failed:
+            raise ZooError(f"{len(report.failed)} of {len(todo)} models failed (reasons above, logs in "
+                           f"{out / JOB_LOGS}); fix the cause and rerun the same command: finished models are "
+                           "skipped, interrupted ones resume")
+        return report.done
     for m in tqdm(todo, desc=f"zoo {bp.name}", unit="model", disable=not progress):
         if num_processes == 1:
-            train_model(bp, m, out, log_with=log_with, progress=progress, mixed_precision=mixed_precision)
+            train_model(bp, m, out, log_with=log_with, progress=progress, mixed_precision=mixed_precision,
+                        num_workers=num_workers)
         else:
             cmd = [*_launch_command(num_processes), "--blueprint", str(bp.source), "--model", m.name, "--out", str(out)]
             cmd += ["--log-with", log_with] if log_with else []
             cmd += ["--mixed-precision", mixed_precision] if mixed_precision else []
+            cmd += ["--num-workers", str(num_workers)] if num_workers is not None else []
             if subprocess.run(cmd).returncode != 0:
                 raise ZooError(f"training '{m.name}' failed in `{shlex.join(cmd)}` (see its output above)")
     return todo
+
+
+@dataclass
+class JobsReport:
+    """What `run_jobs` did: models trained, failed (with the reason), skipped (because a parent failed)."""
+
+    done: list[ModelSpec] = field(default_factory=list)
+    failed: list[tuple[ModelSpec, str]] = field(default_factory=list)
+    skipped: list[tuple[ModelSpec, str]] = field(default_factory=list)
+
+    def summary(self, seconds: float, jobs: int) -> str:
+        lines = [f"vitzoo generate: {len(self.done)} done, {len(self.failed)} failed, {len(self.skipped)} skipped "
+                 f"in {seconds:.0f} s with {jobs} job(s)"]
+        lines += [f"  failed  {m.name}: {reason}" for m, reason in self.failed]
+        lines += [f"  skipped {m.name}: {reason}" for m, reason in self.skipped]
+        return "\n".join(lines)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def run_jobs(bp: Blueprint, todo: Sequence[ModelSpec], out: Path, jobs: int, devices: Sequence[str] | None = None,
+             num_workers: int | None = None, mixed_precision: str | None = None, log_with: str | None = None,
+             progress: bool = True) -> JobsReport:
+    """Train `todo` with up to `jobs` subprocesses at once (`python -m vitzoo_hf.training`, one model each).
+
+    A model starts as soon as its parent is complete; backbones go first, since each unlocks its children. Job
+    slot k runs on device `devices[k % len(devices)]` (CUDA_VISIBLE_DEVICES) or, without devices, on
+    cores // jobs torch threads. A failed model does not stop the others; its children are skipped. Each
+    model's output goes to `out/.logs/NAME.log`; its last line is the reason reported for a failure. Ctrl-C
+    (SIGINT) is passed once to every running job, which stops cleanly and resumes on the next run."""
+    cores = available_cores()
+    threads = max(1, cores // jobs)
+    if num_workers is None:
+        num_workers = bp.num_workers if bp.num_workers is not None else default_num_workers(jobs)
+    logs = out / JOB_LOGS
+    logs.mkdir(parents=True, exist_ok=True)
+    names = {m.name for m in todo}
+    pending = sorted(todo, key=lambda m: m.stage != "pretraining")  # stable: backbones first, then plan order
+    state: dict[str, str] = {}
+    running: dict[int, tuple[subprocess.Popen, ModelSpec, float]] = {}  # slot -> (process, model, start)
+    report = JobsReport()
+    t_start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc=f"zoo {bp.name} ({jobs} jobs)", unit="model", disable=not progress)
+
+    def launch(m: ModelSpec, slot: int) -> None:
+        cmd = [sys.executable, "-m", "vitzoo_hf.training", "--blueprint", str(bp.source), "--model", m.name,
+               "--out", str(out), "--no-progress", "--num-workers", str(num_workers)]
+        cmd += ["--log-with", log_with] if log_with else []
+        cmd += ["--mixed-precision", mixed_precision] if mixed_precision else []
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        if devices:
+            env["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)].strip()
+        with open(logs / f"{m.name}.log", "w") as log:  # the child keeps its own copy of the descriptor
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            # Own session: a terminal's Ctrl-C reaches only us, and we pass it on exactly once.
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        running[slot] = (proc, m, time.perf_counter())
+
+    def finish(slot: int, code: int) -> None:
+        _, m, t0 = running.pop(slot)
+        if code == 0:
+            state[m.name] = "done"
+            report.done.append(m)
+            if progress:
+                bar.write(f"done    {m.name} ({time.perf_counter() - t0:.0f} s)")
+        else:
+            state[m.name] = "failed"
+            reason = f"{_last_line(logs / f'{m.name}.log')} (exit {code}; log {logs / f'{m.name}.log'})"
+            report.failed.append((m, reason))
+            bar.write(f"FAILED  {m.name}: {reason}")
+        bar.update()
+
+    try:
+        while pending or running:
+            for m in list(pending):  # children of a failed or skipped parent are skipped
+                if m.parent in names and state.get(m.parent) in ("failed", "skipped"):
+                    pending.remove(m)
+                    state[m.name] = "skipped"
+                    report.skipped.append((m, f"its parent {m.parent} {state[m.parent]}"))
+                    bar.update()
+            free = [k for k in range(jobs) if k not in running]
+            for m in list(pending):
+                if not free:
+                    break
+                if m.parent not in names or state.get(m.parent) == "done":
+                    pending.remove(m)
+                    launch(m, free.pop(0))
+            time.sleep(0.2)
+            for slot, (proc, _, _) in list(running.items()):
+                if (code := proc.poll()) is not None:
+                    finish(slot, code)
+    except KeyboardInterrupt:
+        for proc, _, _ in running.values():
+            proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        for proc, _, _ in running.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()  # checkpoints are atomic: even this loses at most the epoch in progress
+                proc.wait()
+        bar.close()
+        stopped = ", ".join(m.name for _, m, _ in running.values())
+        print(f"{report.summary(time.perf_counter() - t_start, jobs)}\n  interrupted: {stopped or 'none running'}; "
+              "rerun the same command to resume", file=sys.stderr)
+        raise
+    bar.close()
+    print(report.summary(time.perf_counter() - t_start, jobs))
+    return report
 
 
 def write_slurm_script(bp: Blueprint, models: Sequence[ModelSpec], script: str | Path, out: str | Path) -> Path:

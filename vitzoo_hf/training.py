@@ -62,7 +62,16 @@ from vitzoo_hf.checkpoints import (
 from vitzoo_hf.data import class_names, load_splits
 from vitzoo_hf.errors import ZooError, run_cli
 from vitzoo_hf.modeling import ZooViTForImageClassification, ZooViTModel, build_head
-from vitzoo_hf.recipe import EVAL_BATCH_SIZE, contrastive_loaders, image_processor, model_config, supervised_loaders
+from vitzoo_hf.recipe import (
+    SAMPLE_SEED_RULE,
+    TRAIN_EVAL_RULE,
+    batch_mixer,
+    contrastive_loaders,
+    default_num_workers,
+    image_processor,
+    model_config,
+    supervised_loaders,
+)
 from vitzoo_hf.simclr import IMAGENET_MEAN, IMAGENET_STD, ProjectionHead, contrastive_loss
 
 # --------------------------------------------------------------------------------------------------------------
@@ -123,11 +132,10 @@ def evaluate_supervised(model, loader, accelerator) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def evaluate_contrastive(backbone, head, loader, temperature, seed: int) -> dict[str, Any]:
-    """InfoNCE loss and top-1 retrieval over fixed (seeded) views, so epochs are comparable."""
+def evaluate_contrastive(backbone, head, loader, temperature) -> dict[str, Any]:
+    """InfoNCE loss and top-1 retrieval over the loader's fixed (seeded) views, so epochs are comparable."""
     backbone.eval()
     head.eval()
-    torch.manual_seed(seed)
     loss_sum, correct, total, batches = 0.0, 0, 0, 0
     for a, b in loader:
         out = contrastive_loss(*_embed(backbone, head, a, b), temperature)
@@ -171,8 +179,10 @@ def epoch_seed(spec: ModelSpec, epoch: int, rank: int = 0) -> int:
 
 
 def seed_epoch(generator: torch.Generator, spec: ModelSpec, epoch: int, rank: int = 0) -> None:
-    """Reseed an epoch: data order (the sampler's generator, the same on every process) and augmentation (the
-    global generators, one stream per process). Both derive from `spec.data_seed` alone."""
+    """Reseed an epoch: data order and per-image augmentation (the sampler's generator, the same on every process;
+    each image's augmentation is seeded from it and its index, see recipe.SAMPLE_SEED_RULE) and the training
+    loop's draws (the global generators, one stream per process: MixUp/CutMix, stochastic depth). All derive
+    from `spec.data_seed` alone, so the DataLoader worker count changes nothing."""
     generator.manual_seed(epoch_seed(spec, epoch))
     seed_everything(epoch_seed(spec, epoch, rank))
 
@@ -187,7 +197,8 @@ def resolve_precision(setting: str) -> str:
     return setting
 
 
-def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None, per_process_batch: int) -> dict:
+def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None, per_process_batch: int,
+                 num_workers: int | None = None) -> dict:
     stage = bp.pretraining if spec.stage == "pretraining" else bp.finetuning
     recipe: dict[str, Any] = {"dataset": asdict(stage.dataset), "normalization": {"mean": IMAGENET_MEAN,
                                                                                   "std": IMAGENET_STD}}
@@ -199,13 +210,18 @@ def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None
         c = bp.pretraining.tasks.contrastive
         recipe["contrastive"] = {"temperature": c.temperature, "projection_dim": c.projection_dim,
                                  "projection_hidden_size": c.projection_hidden_size, "views": asdict(c.views)}
-    recipe.update(scheduler=None, eval_batch_size=EVAL_BATCH_SIZE, head_init="torch default, seeded by head_seed")
+    recipe.update(scheduler=None, head_init="torch default, seeded by head_seed",
+                  batch_mixing="MixUp/CutMix on the device batch, in the training loop",
+                  train_metrics={"train_max": bp.evaluation.train_max, "subset": TRAIN_EVAL_RULE})
     return {"name": spec.name, "stage": spec.stage, "task": spec.task, "parent": spec.parent,
             "factors": spec.factors(), "batch_size": spec.batch_size, "architecture": asdict(bp.architecture),
             "recipe": recipe,
-            "seeds": {"init": spec.seed, "data": spec.data_seed, "rule": DATA_SEED_RULE, "per_epoch": EPOCH_SEED_RULE},
+            "seeds": {"init": spec.seed, "data": spec.data_seed, "rule": DATA_SEED_RULE, "per_epoch": EPOCH_SEED_RULE,
+                      "per_image": SAMPLE_SEED_RULE},
             "distribution": {"num_processes": accelerator.num_processes, "per_process_batch_size": per_process_batch,
-                             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device)}
+                             "mixed_precision": accelerator.mixed_precision, "device": str(accelerator.device),
+                             "num_workers": num_workers, "eval_batch_size": bp.evaluation.batch_size,
+                             "torch_threads": torch.get_num_threads()}
             if accelerator else {"num_processes": None},
             "blueprint": {"name": bp.name, "source": bp.source}, "versions": _versions()}
 
@@ -258,12 +274,18 @@ def _quiet_transformers():
 
 
 def train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: str | Path, log_with: str | None = None,
-                progress: bool = True, mixed_precision: str | None = None) -> Path:
+                progress: bool = True, mixed_precision: str | None = None, num_workers: int | None = None) -> Path:
     """Train (or resume, or skip if complete) one model; return its directory. `mixed_precision` overrides the
-    blueprint's setting (auto | no | bf16 | fp16)."""
+    blueprint's setting (auto | no | bf16 | fp16), `num_workers` its DataLoader workers (default: from the CPU
+    count); neither changes a bit of the result on CPU."""
+    if num_workers is None:
+        num_workers = bp.num_workers if bp.num_workers is not None else default_num_workers()
+    if num_workers < 0:
+        raise ZooError(f"--num-workers must be >= 0, got {num_workers}")
     check_tracker(log_with)
     with _quiet_transformers():
-        return _train_model(bp, spec, Path(zoo_dir), log_with, progress, mixed_precision or bp.mixed_precision)
+        return _train_model(bp, spec, Path(zoo_dir), log_with, progress, mixed_precision or bp.mixed_precision,
+                            num_workers)
 
 
 _SETTINGS = ("factors", "batch_size", "architecture", "recipe", "seeds")
@@ -299,7 +321,7 @@ def check_precision(path: Path, precision: str) -> None:
 
 
 def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | None, progress: bool,
-                 precision: str) -> Path:
+                 precision: str, num_workers: int) -> Path:
     path = layout.model_dir(zoo_dir, spec)
     if is_complete(zoo_dir, spec):
         check_settings(path, model_record(bp, spec, None, spec.batch_size), resuming=False)
@@ -312,7 +334,7 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
         raise ZooError(f"batch size {spec.batch_size} of '{spec.name}' is not divisible by {n_proc} processes; "
                        "use a process count that divides it")
     per_process_batch = spec.batch_size // n_proc
-    record = model_record(bp, spec, accelerator, per_process_batch)
+    record = model_record(bp, spec, accelerator, per_process_batch, num_workers)
     parent_ckpt = final_checkpoint(zoo_dir, find_model(bp, spec.parent)) if spec.parent else None
 
     check_settings(path, record, resuming=True)  # on every rank, so no rank waits for one that raised
@@ -331,12 +353,13 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
     generator = torch.Generator()
     contrastive = spec.task == "contrastive" and spec.stage == "pretraining"
     if contrastive:
-        loaders, _ = contrastive_loaders(bp, splits, per_process_batch, generator)
+        loaders, _ = contrastive_loaders(bp, splits, per_process_batch, generator, spec.data_seed, num_workers)
         processor = image_processor(bp, Augmentation())  # what a user's feature extraction should see
     else:
         aug = bp.finetuning.augmentation if spec.stage == "finetuning" else bp.pretraining.tasks.supervised.augmentation
-        loaders = supervised_loaders(bp, aug, splits, per_process_batch, generator)
+        loaders = supervised_loaders(bp, aug, splits, per_process_batch, generator, num_workers)
         processor = image_processor(bp, aug)
+        mix = batch_mixer(aug, len(labels))
 
     # Model: initialised from the seed; fine-tunes take the parent's backbone and a head from the head seed
     seed_everything(spec.seed)
@@ -394,9 +417,8 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
 
     def evaluate_all() -> tuple[dict, dict]:
         if contrastive:
-            seed = spec.data_seed + accelerator.process_index
-            return (evaluate_contrastive(model, head, eval_train, temperature, seed),
-                    evaluate_contrastive(model, head, eval_val, temperature, seed + 1))
+            return (evaluate_contrastive(model, head, eval_train, temperature),
+                    evaluate_contrastive(model, head, eval_val, temperature))
         return evaluate_supervised(model, eval_train, accelerator), evaluate_supervised(model, eval_val, accelerator)
 
     for epoch in range(start, spec.epochs + 1):
@@ -412,7 +434,7 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
                 if contrastive:
                     loss = contrastive_step(model, head, optimizer, accelerator, *batch, temperature).loss.detach()
                 else:
-                    loss = train_step(model, optimizer, accelerator, *batch, label_smoothing)
+                    loss = train_step(model, optimizer, accelerator, *mix(*batch), label_smoothing)
                 total, steps = total + loss.float(), steps + 1
             objective = accelerator.reduce(total, "mean").item() / max(steps, 1)
         train_m, val_m = evaluate_all()
@@ -454,12 +476,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--mixed-precision", choices=PRECISIONS, default=None,
                    help="training precision (default: the blueprint's mixed_precision, itself 'auto': bf16 on a "
                         "CUDA GPU that supports it, else fp32); the launcher's --mixed_precision is ignored")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader worker processes (default: the blueprint's num_workers, else from the CPU count); "
+                        "results do not depend on it")
     args = p.parse_args(argv)
 
     def body() -> None:
         bp = load_blueprint(args.blueprint)
         train_model(bp, find_model(bp, args.model), args.out, log_with=args.log_with, progress=not args.no_progress,
-                    mixed_precision=args.mixed_precision)
+                    mixed_precision=args.mixed_precision, num_workers=args.num_workers)
 
     return run_cli("train.py", body)
 
