@@ -23,8 +23,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from vitzoo_hf.blueprint import Evaluation
 from vitzoo_hf.errors import ZooError
-from vitzoo_hf.recipe import EVAL_BATCH_SIZE
+
+EVAL_BATCH_SIZE = Evaluation().batch_size  # the zoo's default evaluation batch
 
 StateDict = Mapping[str, torch.Tensor]
 HEAD_PREFIX = "classifier."

@@ -339,9 +339,9 @@ def run(source: str, method: str, out: str | Path, models: Sequence[str] | None 
         factors: Sequence[str] | None = None, save_model: str | None = None, batch_size: int = 256,
         seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """One averaging study; returns {"files": [...], "summary": str, "saved": path | None}."""
-    from vitzoo_hf.training import _quiet_transformers
+    from vitzoo_hf.training import quiet_transformers
 
-    with _quiet_transformers():
+    with quiet_transformers():
         return _run(source, method, Path(out), models, window, factors, save_model, batch_size, seed, progress)
 
 

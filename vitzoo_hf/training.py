@@ -258,7 +258,7 @@ def _accelerator(log_with: str | None, project_dir: Path, precision: str) -> Acc
 
 
 @contextmanager
-def _quiet_transformers():
+def quiet_transformers():
     """Our own bars report progress: silence transformers' per-save/per-load bars and load reports."""
     from transformers.utils import logging as hf_logging
 
@@ -283,7 +283,7 @@ def train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: str | Path, log_with: s
     if num_workers < 0:
         raise ZooError(f"--num-workers must be >= 0, got {num_workers}")
     check_tracker(log_with)
-    with _quiet_transformers():
+    with quiet_transformers():
         return _train_model(bp, spec, Path(zoo_dir), log_with, progress, mixed_precision or bp.mixed_precision,
                             num_workers)
 
