@@ -19,7 +19,7 @@ mean_diagonal     False (eq. 2: off-diag.)    True                             T
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial.distance import cdist, squareform
@@ -191,7 +191,6 @@ class MotherOptions:
     lam: float = 0.3
     mean_diagonal: bool = False
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def variant(cls, name: str, **overrides) -> MotherOptions:

@@ -13,7 +13,7 @@ sibling onto a sibling or onto a slower run that lies near the same path. What w
      and successor in opposite directions);
    - r is an extreme point: no model lies behind r with respect to the cloud's mean (a slow run's early
      checkpoints, almost on top of r, have r itself behind them).
-2. A norm arrow for the one case geometry cannot decide (a single run: both ends look alike): updates are
+2. A norm arrow for what geometry cannot decide (a single run: both ends look alike): updates are
    nearly orthogonal to the weights, so fine-tuning tends to add norm (the paper's zoo: mean L2 norm 1636 ->
    1689 supervised, 2568 -> 2613 contrastive). A vote over weight tensors (`root_votes`), so that one layer
    or a slow run's early dip does not decide.
@@ -23,9 +23,9 @@ sibling onto a sibling or onto a slower run that lies near the same path. What w
    is a long detour.
 
 Clusters (one per pre-trained model) as MoTHeR: Ward on L2 distances, number of trees given or estimated.
-Only backbone tensors are used; node order does not matter. The weights of the root score (beta, delta,
-gamma) were set on a development zoo (`lindev`, a smoke-sized zoo with the mini grid), not on the zoo the
-Table 3 figures come from.
+Only backbone tensors are used; node order does not matter. The constants (alpha, beta, delta, margin) were
+set on a development zoo (`lindev`: the smoke architecture with the mini grid), not on the zoo whose Table 3 is
+reported.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class OursOptions:
     alpha: float = 1.0  # weight of the detour in a parent's cost
     beta: float = 2.0  # root score: per pair of the root's children on opposite sides
     delta: float = 2.0  # root score: per model lying behind the root
-    gamma: float = 1.0  # root score: weight of the (standardised) norm vote
+    margin: float = 1.0  # candidates within this of the best geometric score; the norm vote picks among them
     seed: int = 0
 
 
@@ -85,13 +85,12 @@ def tree_cost(dist: np.ndarray, root: int, edges: Sequence[Edge], alpha: float) 
     return float(sum(dist[p, c] + alpha * (t[p] + dist[p, c] - t[c]) for p, c in edges))
 
 
-def root_scores(x: np.ndarray, dist: np.ndarray, norms: np.ndarray, o: OursOptions) -> np.ndarray:
-    """Lower is more ancestor-like (see the module docstring, points 1 and 2). x: (n, size) flattened weights."""
+def root_scores(x: np.ndarray, dist: np.ndarray, o: OursOptions) -> np.ndarray:
+    """Geometric ancestor score, lower is more ancestor-like (module docstring, point 1).
+    x: (n, size) flattened weights; dist: their L2 distances."""
     n = len(x)
     positive = dist[dist > 0]
     scale = float(np.median(positive)) if positive.size else 1.0
-    votes = root_votes(norms).astype(float)
-    votes = (votes - votes.mean()) / (votes.std() + 1e-12)
     out = np.zeros(n)
     for r in range(n):
         edges = tree_from_root(dist, r, o.alpha)
@@ -103,8 +102,17 @@ def root_scores(x: np.ndarray, dist: np.ndarray, norms: np.ndarray, o: OursOptio
         opposite = int(np.sum(cos[np.triu_indices(len(kids), 1)] < -0.5))
         towards_mean = x.mean(axis=0) - x[r]
         behind = int(np.sum(rel @ towards_mean / (length * (np.linalg.norm(towards_mean) + 1e-12)) < -0.05))
-        out[r] = tree_cost(dist, r, edges, o.alpha) / scale + o.beta * opposite + o.delta * behind - o.gamma * votes[r]
+        out[r] = tree_cost(dist, r, edges, o.alpha) / scale + o.beta * opposite + o.delta * behind
     return out
+
+
+def find_root(x: np.ndarray, dist: np.ndarray, norms: np.ndarray, o: OursOptions) -> int:
+    """The geometric score narrows the candidates (a single run leaves both of its ends close); the norm vote
+    (point 2) picks among those within `margin` of the best."""
+    score = root_scores(x, dist, o)
+    candidates = np.flatnonzero(score <= score.min() + o.margin)
+    votes = root_votes(norms)
+    return int(candidates[np.argmax(votes[candidates])])
 
 
 def ours(models: Sequence[Weights], options: OursOptions | None = None) -> list[Edge]:
@@ -121,6 +129,6 @@ def ours(models: Sequence[Weights], options: OursOptions | None = None) -> list[
         members = [models[i] for i in idx]
         x = np.stack([np.concatenate([m[k].ravel() for k in names]) for m in members]).astype(np.float64)
         d = dist[np.ix_(idx, idx)]
-        root = int(np.argmin(root_scores(x, d, layer_norms(members), o)))
+        root = find_root(x, d, layer_norms(members), o)
         edges += [(int(idx[p]), int(idx[c])) for p, c in tree_from_root(d, root, o.alpha)]
     return sorted(edges)

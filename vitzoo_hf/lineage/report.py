@@ -42,7 +42,7 @@ def _label(node: tuple[str, int], zoo) -> str:
     name, epoch = node
     row = zoo.model(name)
     if row["stage"] == "pretraining":
-        return f"{name.rsplit('-', 2)[-2]}"  # the run's seed tag, e.g. s42
+        return "-".join(name.split("-")[-3:-1])  # task and run seed, e.g. sup-s42
     parts = [row.get("head"), row.get("optimizer"), f"{row.get('lr'):g}" if row.get("lr") else None,
              f"h{row.get('head_seed')}"]
     return "-".join(str(p) for p in parts if p) + f"@{epoch}"
