@@ -176,6 +176,54 @@ def test_property_any_corruption_gives_a_clean_error_or_a_valid_zoo(tmp_path_fac
     path = Path(tmp_path_factory.mktemp("bp")) / "bp.yaml"
     path.write_text(yaml.safe_dump(data))
     try:
-        expand(load_blueprint(path))
+        bp = load_blueprint(path)
     except ZooError as err:
         assert "\n" not in str(err) and str(path) in str(err)
+        return
+    _check_expansion(bp, expand(bp))  # a draw that passed validation must expand like any valid blueprint
+
+
+def _check_expansion(bp, models) -> None:
+    """What every valid blueprint's expansion must satisfy, whatever its factors."""
+    from vitzoo_hf.blueprint import TASKS, finetuned_name
+
+    backbones = sum(len(getattr(bp.pretraining.tasks, t).runs) for t in TASKS)
+    g = bp.finetuning.grid
+    grid = {(h, o, lr, s) for h in g.head for o in g.optimizer for lr in g.lr for s in g.head_seed}
+    assert len(models) == backbones * (1 + len(grid))
+    names = [m.name for m in models]
+    assert len(set(names)) == len(names) and max(map(len, names)) <= MAX_REPO_NAME
+    position = {m.name: i for i, m in enumerate(models)}
+    for m in models:
+        record = m.to_record()
+        assert json.loads(json.dumps(record)) == record and record["name"] == m.name
+        if m.stage == "finetuning":
+            assert position[m.parent] < position[m.name]  # parents first
+            assert (m.head, m.optimizer, m.lr, m.seed) in grid
+            assert finetuned_name(m.parent, m.head, m.optimizer, m.lr, m.seed) == m.name  # factors ↔ name
+    children = Counter(m.parent for m in models if m.parent)
+    assert set(children.values()) <= {len(grid)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.from_regex(r"[a-z][a-z0-9]{0,5}(-[a-z0-9]{1,7}){0,4}", fullmatch=True),  # valid, <= 38 chars
+       runs=st.lists(st.tuples(st.integers(0, 2**31), st.sampled_from([16, 32, 64])), min_size=1, max_size=3,
+                     unique=True),
+       heads=st.lists(st.sampled_from(["linear", "mlp"]), min_size=1, unique=True),
+       optimizers=st.lists(st.sampled_from(["adamw", "sgd"]), min_size=1, unique=True),
+       lrs=st.lists(st.sampled_from([1e-1, 3e-2, 1e-3, 2.5e-4, 1e-5]), min_size=1, max_size=3, unique=True),
+       head_seeds=st.lists(st.integers(0, 10**6), min_size=1, max_size=3, unique=True))
+def test_property_valid_blueprints_expand_to_backbones_times_grid(tmp_path_factory, name, runs, heads, optimizers,
+                                                                   lrs, head_seeds):
+    data = _smoke_data()
+    data["name"] = name
+    data["pretraining"]["tasks"]["supervised"]["runs"] = [{"seed": s, "batch_size": b} for s, b in runs]
+    data["finetuning"]["grid"] = {"head": heads, "optimizer": optimizers, "lr": lrs, "head_seed": head_seeds}
+    path = Path(tmp_path_factory.mktemp("bp")) / "bp.yaml"
+    path.write_text(yaml.safe_dump(data))
+    try:
+        bp = load_blueprint(path)
+    except ZooError as err:  # the only refusal a valid grid can earn: a name over the Hub's limit
+        assert f"more than the Hub's {MAX_REPO_NAME}" in str(err)
+        return
+    _check_expansion(bp, expand(bp))

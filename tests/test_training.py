@@ -197,7 +197,7 @@ def test_slurm_script(tmp_path, capsys):
     text = script.read_text()
     assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
     assert "--array=0-9" in text and text.count("--dependency=afterok:${PRE}_") == 10
-    assert text.count("--array=0-23") == 10 and "training/train.py" in text
+    assert text.count("--array=0-23") == 10 and "-m vitzoo_hf.training" in text and "training/train.py" not in text
 
 
 def test_damaged_files_and_bad_paths_give_one_clean_error(tmp_path, capsys):

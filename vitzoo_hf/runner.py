@@ -214,29 +214,55 @@ def run_jobs(bp: Blueprint, todo: Sequence[ModelSpec], out: Path, jobs: int, dev
 
 
 def write_slurm_script(bp: Blueprint, models: Sequence[ModelSpec], script: str | Path, out: str | Path) -> Path:
-    """An sbatch submitter: one array job for the backbones, one per backbone for its children (afterok)."""
+    """An sbatch submitter: one array job for the backbones, one per backbone for its children (afterok).
+
+    Each array task trains one model with `python -m accelerate.commands.launch -m vitzoo_hf.training` (works from
+    a wheel install), with `--multi_gpu` only when GPUS > 1 (accelerate refuses it for one process). Paths are
+    shell-quoted inside the job body, so a zoo folder or blueprint path may hold spaces.
+    """
     script = Path(script)
     pre = [m for m in models if m.stage == "pretraining"]
-    lines = ["#!/bin/bash", f"# Regenerates the '{bp.name}' zoo ({len(models)} models) with SLURM job arrays.",
-             "# Edit the #SBATCH resources below, then run:  bash " + script.name,
-             "set -euo pipefail", f'BLUEPRINT={shlex.quote(str(bp.source))}', f"OUT={shlex.quote(str(out))}",
-             'GPUS="${GPUS:-1}"', 'SBATCH_ARGS="${SBATCH_ARGS:---gres=gpu:${GPUS} --cpus-per-task=8 --time=48:00:00}"',
-             "run_task() {  # the job body: one model per array task",
-             "  cat <<EOF", "#!/bin/bash", "set -euo pipefail", "MODELS=($1)",
-             'NAME=\\${MODELS[\\$SLURM_ARRAY_TASK_ID]}',
-             'accelerate launch --multi_gpu --num_processes $GPUS --num_machines 1 --dynamo_backend no '
-             'training/train.py --blueprint $BLUEPRINT --model \\$NAME --out $OUT',
-             "EOF", "}"]
+    q = shlex.quote
+    lines = [
+        "#!/bin/bash",
+        f"# Regenerates the '{bp.name}' zoo ({len(models)} models) with SLURM job arrays: one array of pre-trainings,",
+        "# then per backbone one array of its fine-tunes, started once that backbone succeeded (afterok).",
+        "# Resources come from the environment (no #SBATCH lines to edit):",
+        "#   GPUS         processes (GPUs) per model, default 1",
+        "#   SBATCH_ARGS  extra sbatch arguments, default: --gres=gpu:$GPUS --cpus-per-task=8 --time=48:00:00",
+        "#   PYTHON       the interpreter that has vitzoo_hf, default: the one that wrote this script",
+        f"# Run:  GPUS=4 SBATCH_ARGS='--partition=gpu --gres=gpu:4 --time=48:00:00' bash {q(script.name)}",
+        "set -euo pipefail",
+        f"BLUEPRINT={q(str(Path(bp.source).resolve()) if Path(bp.source).is_file() else bp.source)}",
+        f"OUT={q(str(Path(out).resolve()))}",
+        f'PYTHON="${{PYTHON:-{sys.executable}}}"',
+        'GPUS="${GPUS:-1}"',
+        'SBATCH_ARGS="${SBATCH_ARGS:---gres=gpu:${GPUS} --cpus-per-task=8 --time=48:00:00}"',
+        'MULTI_GPU=""',
+        'if [ "$GPUS" -gt 1 ]; then MULTI_GPU="--multi_gpu"; fi',
+        "# the job body (one model per array task); values are quoted here, at submission, with printf %q",
+        'Q_PYTHON=$(printf %q "$PYTHON"); Q_BLUEPRINT=$(printf %q "$BLUEPRINT"); Q_OUT=$(printf %q "$OUT")',
+        "run_task() {",
+        "  cat <<EOF",
+        "#!/bin/bash",
+        "set -euo pipefail",
+        "MODELS=($1)",
+        'NAME=\\${MODELS[\\$SLURM_ARRAY_TASK_ID]}',
+        "$Q_PYTHON -m accelerate.commands.launch $MULTI_GPU --num_processes $GPUS --num_machines 1 "
+        '--dynamo_backend no -m vitzoo_hf.training --blueprint $Q_BLUEPRINT --model "\\$NAME" --out $Q_OUT '
+        "--no-progress",
+        "EOF",
+        "}",
+    ]
     names = " ".join(m.name for m in pre)
-    lines += [f'PRE=$(run_task "{names}" | sbatch --parsable $SBATCH_ARGS --job-name {bp.name}-pre '
+    lines += [f'PRE=$(run_task "{names}" | sbatch --parsable $SBATCH_ARGS --job-name {q(bp.name + "-pre")} '
               f'--array=0-{len(pre) - 1})', 'echo "pre-training: job $PRE"']
     for i, p in enumerate(pre):
         kids = [m.name for m in models if m.parent == p.name]
         if kids:
             lines.append(f'FT=$(run_task "{" ".join(kids)}" | sbatch --parsable $SBATCH_ARGS --job-name '
-                         f'{bp.name}-ft{i} --dependency=afterok:${{PRE}}_{i} --array=0-{len(kids) - 1})')
+                         f'{q(f"{bp.name}-ft{i}")} --dependency=afterok:${{PRE}}_{i} --array=0-{len(kids) - 1})')
             lines.append(f'echo "fine-tuning children of {p.name}: job $FT"')
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)
     return script
-
