@@ -47,6 +47,7 @@ def main() -> None:
     p.add_argument("--only", nargs="+", default=None, help="time exactly these models instead")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--out", default=None, help="work directory (default: a fresh temporary one)")
+    p.add_argument("--reverse", action="store_true", help="run --jobs N first, then --jobs 1 (load drifts)")
     args = p.parse_args()
     bp = load_blueprint(args.blueprint)
     models = expand(bp)
@@ -63,31 +64,53 @@ def main() -> None:
         t = generate(args.blueprint, work / "parents", parents, [])
         print(f"parents trained once, untimed ({t:.0f} s): {', '.join(parents)}")
     runs = {"--jobs 1": work / "jobs1", f"--jobs {args.jobs}": work / f"jobs{args.jobs}"}
-    wall = {}
-    for label, out in runs.items():
+
+    def with_parents(out: Path) -> Path:
         for parent in parents:
             spec = find_model(bp, parent)
-            src = layout.model_dir(work / "parents", spec)
-            shutil.copytree(src, layout.model_dir(out, spec), dirs_exist_ok=True)
+            shutil.copytree(layout.model_dir(work / "parents", spec), layout.model_dir(out, spec), dirs_exist_ok=True)
+        return out
+
+    wall = {}
+    for label, out in (reversed(runs.items()) if args.reverse else runs.items()):
+        with_parents(out)
         before = load()
         wall[label] = generate(args.blueprint, out, names, label.split())
         print(f"{label:>9}: {wall[label]:7.1f} s wall   (load average before {before}; after {load()})")
     one, many = wall["--jobs 1"], wall[f"--jobs {args.jobs}"]
     print(f"ratio --jobs {args.jobs} / --jobs 1: {many / one:.2f}  (target <= 0.65)")
 
-    equal, worst = 0, 0.0
     a_dir, b_dir = runs.values()
-    for m in chosen:
-        a, b = (layout.checkpoint_dir(layout.model_dir(d, m), m.epochs) for d in (a_dir, b_dir))
-        wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
-        same = all(torch.equal(wa[k], wb[k]) for k in wa)
-        equal += same
-        worst = max(worst, max((wa[k] - wb[k]).abs().max().item() for k in wa))
+    equal, worst = compare(chosen, a_dir, b_dir)
     print(f"same models: {equal}/{len(chosen)} bitwise identical; largest weight difference {worst:.3g}")
     if equal < len(chosen):
-        print("  (--jobs 1 trains with all cores' torch threads, each --jobs job with cores // jobs: a different "
-              "reduction order in the matmuls, so float rounding differs; the DataLoader worker count changes "
-              "no bit, see tests/test_pipeline.py)")
+        # Which difference is it? Retrain the first model as a job subprocess (0 workers), but with --jobs 1's
+        # thread count: bitwise equal to --jobs 1 means the torch thread count (matmul reduction order) is all.
+        first = chosen[0]
+        out = with_parents(work / "threads")
+        env = {**os.environ, "OMP_NUM_THREADS": str(os.cpu_count()), "MKL_NUM_THREADS": str(os.cpu_count())}
+        subprocess.run([sys.executable, "-m", "vitzoo_hf.training", "--blueprint", args.blueprint, "--model",
+                        first.name, "--out", str(out), "--no-progress", "--num-workers", "0"], env=env, check=True,
+                       capture_output=True)
+        same_as_one, _ = compare([first], a_dir, out)
+        same_as_many, _ = compare([first], b_dir, out)
+        print(f"  {first.name} retrained as a job subprocess with 0 workers and {os.cpu_count()} torch threads: "
+              f"{'bitwise identical' if same_as_one else 'different'} to --jobs 1 ({os.cpu_count()} threads, "
+              f"default workers), {'identical' if same_as_many else 'different'} to --jobs {args.jobs} "
+              f"({max(1, os.cpu_count() // args.jobs)} thread(s)): "
+              + ("the torch thread count alone changes the bits (float rounding, amplified by training)"
+                 if same_as_one and not same_as_many else "more than the thread count differs"))
+
+
+def compare(models, a_dir: Path, b_dir: Path) -> tuple[int, float]:
+    """(how many final weights are bitwise equal, largest absolute difference)."""
+    equal, worst = 0, 0.0
+    for m in models:
+        a, b = (layout.checkpoint_dir(layout.model_dir(d, m), m.epochs) for d in (a_dir, b_dir))
+        wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+        equal += all(torch.equal(wa[k], wb[k]) for k in wa)
+        worst = max(worst, max((wa[k] - wb[k]).abs().max().item() for k in wa))
+    return equal, worst
 
 
 if __name__ == "__main__":
