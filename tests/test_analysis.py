@@ -338,7 +338,7 @@ def test_update_metadata_fills_a_zoo_published_without_statistics(pubhub, tmp_pa
     from vitzoo_hf.zoo import Zoo
 
     api = HfApi()
-    repo = "zoo-org/smoke-nostats-metadata"
+    repo = "analysis-org/smoke-nostats-metadata"  # its own namespace: the publish tests count zoo-org's commits
     api.create_repo(repo, repo_type="dataset", exist_ok=True)
     ops = []
     for path in api.list_repo_files(pubhub.meta, repo_type="dataset"):
