@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vitzoo_hf.analysis.backbone import normalise_key
 from vitzoo_hf.errors import ZooError
 
 Weights = dict[str, np.ndarray]
@@ -58,7 +59,7 @@ def backbone(state: WeightsSource) -> Weights:
                                "re-download or regenerate it") from None
     out: Weights = {}
     for key, value in state.items():
-        name = key[4:] if key.startswith("vit.") else key
+        name = normalise_key(key)
         if name.startswith(HEAD_PREFIXES):
             continue
         array = _to_numpy(value)
