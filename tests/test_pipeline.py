@@ -80,7 +80,8 @@ def test_jobs_isolate_failures_and_ctrl_c_resumes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "rerun the same command" in err
-    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    left = subprocess.run(["pgrep", "-f", f"{out}|vitzoo_hf.runner --worker"], capture_output=True,
+                          text=True).stdout.split()
     assert left == [], "a job outlived Ctrl-C"
     assert not list(out.rglob(".checkpoint_*.partial"))
     b_was_complete = is_complete(out, b)  # it may have finished its last epoch before the signal arrived

@@ -146,21 +146,25 @@ def save_checkpoint(model_path: Path, epoch: int, model: nn.Module, optimizer, r
     final = layout.checkpoint_dir(model_path, epoch)
     tmp = model_path / f".{final.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    if processor is not None:
-        processor.save_pretrained(tmp)
-    if head is not None:
-        head.save(tmp)
-    if predictions is not None:
-        dtype = torch.int16 if predictions.numel() == 0 or int(predictions.max()) < 2**15 else torch.int32
-        save_file({"predictions": predictions.to(dtype).contiguous()}, str(tmp / layout.PREDICTIONS_FILE))
-    tensors, meta = optimizer_state_tensors(optimizer)
-    save_file(tensors, str(tmp / layout.TRAINING_STATE_FILE), metadata=meta)
-    digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
-    manifest = {"epoch": epoch, "metrics": row, "sha256": digests}
-    (tmp / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    apply_umask(tmp)
-    fsync_tree(tmp)
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if processor is not None:
+            processor.save_pretrained(tmp)
+        if head is not None:
+            head.save(tmp)
+        if predictions is not None:
+            dtype = torch.int16 if predictions.numel() == 0 or int(predictions.max()) < 2**15 else torch.int32
+            save_file({"predictions": predictions.to(dtype).contiguous()}, str(tmp / layout.PREDICTIONS_FILE))
+        tensors, meta = optimizer_state_tensors(optimizer)
+        save_file(tensors, str(tmp / layout.TRAINING_STATE_FILE), metadata=meta)
+        digests = {p.name: sha256_file(p) for p in sorted(tmp.iterdir())}
+        manifest = {"epoch": epoch, "metrics": row, "sha256": digests}
+        (tmp / layout.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+        apply_umask(tmp)
+        fsync_tree(tmp)
+    except BaseException:  # Ctrl-C or an error mid-write: leave nothing half-written behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.replace(tmp, final)
     # Optimizer state only serves a resume: keep it in the two newest checkpoints, so deleting a damaged newest
     # checkpoint (as verify_checkpoint advises) still leaves one to resume from.
