@@ -25,8 +25,7 @@ SECTIONS = {
                 "lr 0.08, head 0.08, optimizer 0.00.", ("table3.md",)),
     "averaging": ("Weight averaging (paper Figs. 2 and 3, Git Re-Basin)",
                   "Epoch averages, model soups and Git Re-Basin merges, evaluated on the validation split.",
-                  ("epochs/summary.md", "soup/summary.md", "greedy-soup/summary.md", "rebasin/summary.md",
-                   "rebasin/rebasin_pairs.md")),
+                  ("epochs/summary.md", "soup/summary.md", "greedy-soup/summary.md", "rebasin/summary.md")),
 }
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
@@ -65,6 +64,11 @@ def render_markdown(demo: Demo, meta_repo: str) -> str:
         for png in pngs:
             rel = png.relative_to(demo.report_dir)
             lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
+        csvs = sorted((demo.report_dir / stage).rglob("*.csv")) if (demo.report_dir / stage).is_dir() else []
+        if csvs:  # every row of every table, for a spreadsheet or pandas
+            links = ", ".join(f"[{c.relative_to(demo.report_dir / stage).as_posix()}]"
+                              f"({c.relative_to(demo.report_dir).as_posix()})" for c in csvs)
+            lines += [f"All tables as CSV: {links}.", ""]
         if not mds and not pngs:
             lines += ["(this stage wrote nothing)", ""]
     lines += ["## Every model on the Hub", "", "| repo | stage | parent | validation accuracy |", "|---|---|---|---|"]
