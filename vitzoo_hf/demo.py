@@ -28,8 +28,8 @@ from vitzoo_hf.errors import ZooError
 NAMESPACE = "vitzoo-demo"
 STATE_FILE = "demo_state.json"
 # Rough stage durations on 2 CPU cores (seconds), for the time-left estimate before a stage has run once.
-EXPECTED = {"smoke": {"generate": 60, "publish": 20, "analysis": 15, "lineage": 15, "averaging": 30, "report": 2},
-            "mini": {"generate": 540, "publish": 90, "analysis": 40, "lineage": 60, "averaging": 120, "report": 2}}
+EXPECTED = {"smoke": {"generate": 15, "publish": 15, "analysis": 3, "lineage": 2, "averaging": 5, "report": 1},
+            "mini": {"generate": 510, "publish": 175, "analysis": 3, "lineage": 25, "averaging": 65, "report": 1}}
 STAGES = ("generate", "publish", "analysis", "lineage", "averaging", "report")
 
 
@@ -133,7 +133,8 @@ def run_demo(out: str | Path = "vitzoo-demo", blueprint: str = "mini", progress:
              jobs: int | None = None) -> Path:
     """Run (or finish, or refresh) the demo under `out`; return the report's index.html."""
     if blueprint not in EXPECTED:
-        raise ZooError(f"--blueprint {blueprint!r} is not a demo blueprint; choose smoke (≈3 min) or mini (≈15 min)")
+        raise ZooError(f"--blueprint {blueprint!r} is not a demo blueprint; choose smoke (under a minute) or mini "
+                       "(about 13 min)")
     out = Path(out).expanduser().resolve()
     _check_out_dir(out)
     _free_space_check(out, blueprint)
