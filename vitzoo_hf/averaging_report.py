@@ -24,6 +24,7 @@ from statistics import mean
 from typing import Any
 
 from vitzoo_hf.errors import ZooError
+from vitzoo_hf.plots import pyplot, save_png
 
 METHODS = ("epochs", "soup", "greedy-soup", "rebasin")
 AVERAGING_FILE = "averaging.json"
@@ -71,21 +72,11 @@ def write_table(rows: Sequence[dict[str, Any]], out: Path, stem: str) -> list[Pa
 # Figures
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_pyplot = pyplot
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=130, bbox_inches="tight")
-    os.replace(tmp, path)
-    _pyplot().close(fig)
-    return path
+    return save_png(fig, path, dpi=130, tight=True)
 
 
 def _diagonal(ax, xs: Sequence[float], ys: Sequence[float]) -> None:

@@ -10,28 +10,16 @@ import numpy as np
 
 from vitzoo_hf.analysis.population import Population
 from vitzoo_hf.blueprint import format_lr
+from vitzoo_hf.plots import pyplot, save_png
 
 FACTORS = (("task", "pre-training task"), ("head", "head"), ("optimizer", "optimizer"), ("lr", "learning rate"))
 
 
 def _save(fig, path: Path) -> Path:
-    """Save atomically (a reader never sees half a PNG) and free the figure."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=120, format="png")
-    os.replace(tmp, path)
-    _plt().close(fig)
-    return path
+    return save_png(fig, path, dpi=120)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+_plt = pyplot
 
 
 def accuracy_over_epochs(pop: Population, path: Path) -> Path:

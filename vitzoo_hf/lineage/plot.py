@@ -36,11 +36,11 @@ def tree_layout(nodes: Sequence[Hashable], edges: Sequence[tuple[Hashable, Hasha
 
 def draw_trees(nodes: Sequence[Hashable], truth: Sequence, predictions: Mapping[str, Sequence], path: str | Path,
                labels: Mapping | None = None, title: str = "") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import networkx as nx
+
+    from vitzoo_hf.plots import pyplot, save_png
+
+    plt = pyplot()
 
     pos = tree_layout(nodes, truth)
     true_set = set(truth)
@@ -65,7 +65,4 @@ def draw_trees(nodes: Sequence[Hashable], truth: Sequence, predictions: Mapping[
             ax.set_title(f"{name}: {hits}/{len(truth)} true edges recovered (green), wrong in red", fontsize=9)
         ax.set_axis_off()
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=130)
