@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -189,11 +190,22 @@ def _generate(demo: Demo, clock: _Clock, progress: bool, jobs: int | None) -> st
     complete = all(is_complete(demo.zoo_dir, m) for m in expand(bp))
     t = clock.start("generate", skipped=complete)
     if not complete:
-        from vitzoo_hf.runner import available_cores, generate
+        from vitzoo_hf.runner import generate
 
-        generate(demo.blueprint, demo.zoo_dir, progress=progress, jobs=jobs or available_cores())  # every core
+        generate(demo.blueprint, demo.zoo_dir, progress=progress, **_jobs_kwargs(jobs))
     clock.stop("generate", t, ran=not complete)
     return zoo_key(demo.zoo_dir)
+
+
+def _jobs_kwargs(jobs: int | None) -> dict[str, Any]:
+    """Every core: several models at once where the runner supports it."""
+    import inspect
+
+    from vitzoo_hf.runner import generate
+
+    if "jobs" not in inspect.signature(generate).parameters:
+        return {}
+    return {"jobs": jobs or max(1, (os.cpu_count() or 1))}
 
 
 def _publish(demo: Demo, clock: _Clock, key: str, endpoint: str, progress: bool) -> tuple[str, str]:
