@@ -15,8 +15,7 @@ import time
 import numpy as np
 import torch
 
-from vitzoo_hf.modeling import ZooViTConfig, ZooViTForImageClassification
-from vitzoo_hf.rebasin import (
+from vitzoo_hf.averaging.rebasin import (
     _descend,
     _objective,
     _units,
@@ -26,6 +25,7 @@ from vitzoo_hf.rebasin import (
     vit_permutation_spec,
     weight_matching,
 )
+from vitzoo_hf.modeling import ZooViTConfig, ZooViTForImageClassification
 
 
 def main() -> None:

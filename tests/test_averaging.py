@@ -7,10 +7,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vitzoo_hf.averaging import RunningAverage, average_state_dicts
-from vitzoo_hf.errors import ZooError
-from vitzoo_hf.modeling import ZooViTConfig, ZooViTForImageClassification, ZooViTModel
-from vitzoo_hf.rebasin import (
+from vitzoo_hf.averaging.methods import RunningAverage, average_state_dicts
+from vitzoo_hf.averaging.rebasin import (
     RES,
     apply_permutation,
     head_structured,
@@ -21,6 +19,8 @@ from vitzoo_hf.rebasin import (
     vit_permutation_spec,
     weight_matching,
 )
+from vitzoo_hf.errors import ZooError
+from vitzoo_hf.modeling import ZooViTConfig, ZooViTForImageClassification, ZooViTModel
 
 HEADS = 4
 
@@ -146,7 +146,7 @@ def test_matching_unrelated_models_never_worse_than_identity():
 
 def test_one_factor_groups():
     """Siblings that differ in exactly one factor; SGD's momentum may differ along with the optimizer."""
-    from vitzoo_hf.averaging import one_factor_groups
+    from vitzoo_hf.averaging.methods import one_factor_groups
 
     def row(name, parent="p", head="linear", opt="adamw", lr=1e-3, seed=1):
         return {"name": name, "stage": "finetuning", "parent": parent, "dataset": "digits", "head": head,
@@ -250,7 +250,7 @@ def test_average_cli_epochs_and_saved_model(smoke_all, tmp_path):
     from safetensors.torch import load_file
     from transformers import AutoModelForImageClassification
 
-    from vitzoo_hf.averaging import Evaluator, evaluation_dataset
+    from vitzoo_hf.averaging.methods import Evaluator, evaluation_dataset
     from vitzoo_hf.cli import main
     from vitzoo_hf.zoo import Zoo
 
@@ -288,7 +288,7 @@ def test_average_cli_epochs_and_saved_model(smoke_all, tmp_path):
 
 
 def test_window_of_one_equals_single_checkpoints(smoke_all):
-    from vitzoo_hf.averaging import ZooEvaluation, epoch_averaging
+    from vitzoo_hf.averaging.methods import ZooEvaluation, epoch_averaging
     from vitzoo_hf.zoo import Zoo
 
     ev = ZooEvaluation(Zoo.from_dir(smoke_all[1]), progress=False)
@@ -299,7 +299,7 @@ def test_window_of_one_equals_single_checkpoints(smoke_all):
 
 
 def test_soups_greedy_and_rebasin_on_smoke(smoke_all):
-    from vitzoo_hf.averaging import ZooEvaluation, greedy_soups, rebasin, soups
+    from vitzoo_hf.averaging.methods import ZooEvaluation, greedy_soups, rebasin, soups
     from vitzoo_hf.zoo import Zoo
 
     ev = ZooEvaluation(Zoo.from_dir(smoke_all[1]), progress=False)

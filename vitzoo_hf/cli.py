@@ -85,7 +85,7 @@ def _lineage(args: argparse.Namespace) -> None:
         print(f"skipped (no fine-tunes varying by that factor alone): {', '.join(result['skipped'])}")
     print(f"wrote {result['out']}/table3.md, table3.csv, table3_draws.csv and {len(result['pngs'])} tree PNGs")
 def _average(args: argparse.Namespace) -> None:
-    from vitzoo_hf.averaging_report import run
+    from vitzoo_hf.averaging.report import run
 
     result = run(args.source, args.method, args.out, models=args.models, window=args.window, factors=args.factors,
                  save_model=args.save_model, batch_size=args.batch_size, seed=args.seed)

@@ -267,7 +267,7 @@ AVERAGING_METHODS = ("epochs", "soup", "greedy-soup", "rebasin")
 
 
 def _averaging(demo: Demo, meta_repo: str) -> dict[str, Any]:
-    from vitzoo_hf.averaging_report import run
+    from vitzoo_hf.averaging.report import run
     from vitzoo_hf.blueprint import load_blueprint
 
     window = min(5, load_blueprint(demo.blueprint).finetuning.epochs)  # the paper's last 5, or all smoke has

@@ -337,7 +337,7 @@ def run(source: str, method: str, out: str | Path, models: Sequence[str] | None 
 
 
 def _run(source, method, out: Path, models, window, factors, save_model, batch_size, seed, progress) -> dict:
-    from vitzoo_hf import averaging as avg
+    from vitzoo_hf.averaging import methods as avg
 
     if method not in METHODS:
         raise ZooError(f"--method {method!r} is unknown; choose from {', '.join(METHODS)}")

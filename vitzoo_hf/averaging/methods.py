@@ -9,7 +9,7 @@ of the model's recorded fine-tuning data set, the training recipe's evaluation t
 normalise), batches through `accelerate`, the zoo's accuracy metric (`training.evaluate_supervised`).
 
 The experiments mirror the paper's Section 4.2 (Fig. 2a, 2b, 3) and its Git Re-Basin test; each returns plain
-rows (dicts) that `vitzoo_hf.averaging_report` turns into tables and figures.
+rows (dicts) that `vitzoo_hf.averaging.report` turns into tables and figures.
 """
 
 from __future__ import annotations
@@ -500,7 +500,13 @@ def rebasin(ev: ZooEvaluation, names: Iterable[str] | None = None, alphas: Seque
     average, Re-Basin-aligned average (B permuted onto A by weight matching, heads included), and both
     interpolation paths at `alphas`. With `merge_all`, each group of ≥ 3 backbones is also merged whole (naive
     mean vs all aligned to the first vs MergeMany). Returns (pair rows, interpolation rows, many-model rows)."""
-    from vitzoo_hf.rebasin import apply_permutation, interpolate, merge_many, vit_permutation_spec, weight_matching
+    from vitzoo_hf.averaging.rebasin import (
+        apply_permutation,
+        interpolate,
+        merge_many,
+        vit_permutation_spec,
+        weight_matching,
+    )
 
     rows = classifier_rows(ev, names)
     groups = rebasin_groups(rows)
