@@ -2,12 +2,28 @@
 
 Wire details (object ids, headers, pagination, error codes) follow ``hub_protocol.md``; comments here only say
 why a choice was made where the reference leaves room.
+
+Cost bounds (no request without a token may cost more than a small, fixed amount of memory and CPU):
+
+* the token is checked before any body is read, on every write route;
+* JSON bodies are read only with a JSON ``Content-Type`` (a web page can POST ``text/plain`` to localhost without
+  a CORS preflight, but not ``application/json``), up to :data:`_JSON_BODY_LIMIT` bytes (413 above), and must be
+  an object; nesting too deep for the parser is a 400;
+* ``/api/validate-yaml`` takes cards up to ``cards.MAX_CARD_BYTES`` and parses them with the bounded loader;
+* ``paths-info`` takes at most :data:`_PATHS_INFO_LIMIT` paths and answers in O(paths) (folders are indexed once
+  per commit);
+* ``lastCommit`` (``tree?expand=true``, ``paths-info`` with ``expand``) is one pass over commit metadata, never
+  over snapshots, and stops after :data:`_HISTORY_LIMIT` commits;
+* caches of derived data are bounded by bytes.
+
+A full disk (ENOSPC, EDQUOT) is answered 507 with a message; the store cleans up its scratch files.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hashlib
 import hmac
 import json
@@ -16,34 +32,131 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import parse_qs, quote, urlencode
 
 from . import cards
 from .errors import (
     BadRequest,
     Conflict,
     EntryNotFound,
+    Forbidden,
     HubError,
+    InsufficientStorage,
     NotFound,
+    PayloadTooLarge,
     RepoNotFound,
     Unauthorized,
     Unprocessable,
+    UnsupportedMediaType,
 )
-from .names import REPO_TYPES, check_path, check_repo_id, check_repo_part
+from .names import REPO_TYPES, check_path, check_repo_id, check_repo_part, check_upload_path
 from .storage import DEFAULT_BRANCH, Op, Repo, Store, git_blob_sha1, lfs_pointer, make_entry, utc_iso
 from .wire import Request, Response, json_response
 
 _LFS_URL_TTL = 24 * 3600
 _COLLECTION_ITEM_TYPES = ("model", "dataset", "space", "paper", "collection")
-_NDJSON_LINE_LIMIT = 128 << 20
+_NDJSON_LINE_LIMIT = 32 << 20  # a regular (non-LFS) file is < 10 MB, i.e. < 13.4 MB of base64
+_JSON_BODY_LIMIT = 1 << 20
+_UPLOAD_JSON_LIMIT = 8 << 20  # preupload and LFS batch: clients send 256 files per request, ~1 KiB each
+_VALIDATE_YAML_LIMIT = 4 * cards.MAX_CARD_BYTES  # JSON escaping can triple a card's size
+_FORM_LIMIT = 1 << 20
+_PATHS_INFO_LIMIT = 1000
+_HISTORY_LIMIT = 500
+_DERIVED_CACHE_BYTES = 32 << 20
+_DIGITS = re.compile(r"[0-9]{1,19}")  # ASCII only: str.isdigit() accepts '²', which int() refuses
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 _XET_HINT = ("Xet is not supported by this hub: set HF_HUB_DISABLE_XET=1 "
              "(vitzoo_hf.hub.configure_clients does this for you).")
 
 
 def _token_hash(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+def _ascii_int(value: str | None) -> int | None:
+    return int(value) if value is not None and _DIGITS.fullmatch(value) else None
+
+
+def _is_json_type(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+def _read_body(req: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) as soon as it passes ``limit`` bytes: never more than that in memory."""
+    declared = _ascii_int(req.headers.get("Content-Length"))
+    if declared is not None and declared > limit:
+        raise PayloadTooLarge(f"Request body of {declared} bytes is larger than this endpoint's limit of {limit}.")
+    parts, total = [], 0
+    for chunk in req.body.chunks(1 << 16):
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"Request body is larger than this endpoint's limit of {limit} bytes.")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def _json_body(req: Request, limit: int = _JSON_BODY_LIMIT) -> dict[str, Any]:
+    """A JSON object body (an empty body is ``{}``); only with a JSON Content-Type, never more than ``limit``."""
+    has_body = req.headers.get("Content-Length") not in (None, "0") or req.headers.get("Transfer-Encoding")
+    if has_body and not _is_json_type(req.headers.get("Content-Type")):
+        raise UnsupportedMediaType("Request bodies of this endpoint must be JSON: send Content-Type: "
+                                   "application/json.")
+    raw = _read_body(req, limit)
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("Request body is not valid JSON.") from None
+    except RecursionError:
+        raise BadRequest("Request body is nested too deeply.") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"Request body must be a JSON object, not {type(body).__name__}.")
+    return body
+
+
+def _field(body: dict[str, Any], key: str, kind: type | tuple[type, ...], default: Any = None,
+           what: str = "request body") -> Any:
+    """``body[key]`` if it has the expected JSON type (None/absent gives ``default``), else a 400 naming it."""
+    value = body.get(key)
+    if value is None:
+        return default
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
+        names = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        raise BadRequest(f"'{key}' in the {what} must be {names}, not {_JSON_NAMES.get(type(value), 'that')}.")
+    return value
+
+
+_JSON_NAMES = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object", list: "an array",
+               float: "a number", type(None): "null"}
+
+
+def _ndjson_lines(req: Request, limit: int) -> Iterator[bytes]:
+    """The body's lines in linear time (each byte is scanned once), each at most ``limit`` bytes."""
+    buf = bytearray()
+    scan = 0
+    for chunk in req.body.chunks(1 << 20):
+        buf += chunk
+        while True:
+            nl = buf.find(b"\n", scan)
+            if nl < 0:
+                scan = len(buf)
+                if scan > limit:
+                    raise PayloadTooLarge(f"NDJSON line longer than {limit} bytes.")
+                break
+            if nl > limit:
+                raise PayloadTooLarge(f"NDJSON line longer than {limit} bytes.")
+            line = bytes(buf[:nl])
+            del buf[: nl + 1]
+            scan = 0
+            yield line
+    if buf:
+        yield bytes(buf)
 
 
 class HubApp:
@@ -62,7 +175,8 @@ class HubApp:
         if not self._token_hashes:
             raise ValueError("the hub needs at least one write token")
         self._secret = secrets.token_bytes(32)  # signs LFS upload URLs, which clients PUT without auth
-        self._derived: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._derived: OrderedDict[tuple[str, str, str], tuple[Any, int]] = OrderedDict()
+        self._derived_bytes = 0
         self._derived_lock = threading.Lock()
 
     # -------------------------------------------------------------------------------------------- auth
@@ -82,11 +196,18 @@ class HubApp:
         raise Unauthorized("Writes need a token: set HF_TOKEN to one of the tokens printed or configured "
                            "when the hub was started.")
 
+    def _check_namespace(self, namespace: str, what: str = "repos") -> None:
+        """With ``--org``, writes are allowed only under the user's name and those organisations (403 elsewhere)."""
+        if self.orgs is not None and namespace != self.user and namespace not in self.orgs:
+            raise Forbidden(f"You don't have the rights to write {what} under the namespace {namespace!r}: this hub "
+                            f"allows writes only under {', '.join([self.user, *self.orgs])} (see --org).")
+
     def _repo(self, req: Request, repo_type: str, repo_id: str, write: bool = False) -> Repo:
         """The repo if the caller may see it; private repos are indistinguishable from missing ones."""
         check_repo_id(repo_id)
         if write:
             self._require_write(req)
+            self._check_namespace(repo_id.split("/")[0])
         repo = self.store.get_repo(repo_type, repo_id)
         if repo is None or (repo.private and not self._authed(req)):
             raise RepoNotFound(f"Repository {repo_id} not found (or it is private and no valid token was sent).")
@@ -94,6 +215,15 @@ class HubApp:
 
     # ----------------------------------------------------------------------------------------- routing
     def handle(self, req: Request) -> Response:
+        try:
+            return self._route(req)
+        except OSError as e:
+            if e.errno in _NO_SPACE:
+                raise InsufficientStorage("The hub's disk is full: nothing was stored. Free space on the hub's "
+                                          "--root file system and retry.") from None
+            raise
+
+    def _route(self, req: Request) -> Response:
         s = req.segments
         if s and s[0] == "api":
             return self._api(req, s[1:])
@@ -163,9 +293,9 @@ class HubApp:
         if head == "commit" and rev and m == "POST":
             return self._commit(req, repo, rev)
         if s == ["settings"] and m == "PUT":
-            body = req.json()
-            if "private" in body:
-                self.store.set_private(repo, bool(body["private"]))
+            private = _field(_json_body(req), "private", bool)
+            if private is not None:
+                self.store.set_private(repo, private)
             return json_response({})
         raise NotFound(f"Not found: {req.method} {req.raw_path}")
 
@@ -180,9 +310,11 @@ class HubApp:
         """One page plus an absolute ``Link: <next>; rel="next"`` that repeats every query parameter."""
         size = max(1, page_size or self.page_size)
         try:
-            offset = int(base64.urlsafe_b64decode((req.q("cursor") or "MA==").encode()).decode())
+            offset = _ascii_int(base64.urlsafe_b64decode((req.q("cursor") or "MA==").encode()).decode())
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise BadRequest("Invalid pagination cursor.") from None
+            offset = None
+        if offset is None:
+            raise BadRequest("Invalid pagination cursor.")
         page = items[offset: offset + size]
         headers = {}
         if offset + size < len(items):
@@ -191,24 +323,65 @@ class HubApp:
             headers["Link"] = f'<{req.base_url}{req.raw_path}?{urlencode(params)}>; rel="next"'
         return json_response(page, headers=headers)
 
-    def _derive(self, repo: Repo, commit: dict[str, Any]) -> dict[str, Any]:
-        """Card data and tags of a commit; cached because commits are immutable."""
-        key = (str(repo.dir), commit["id"])
+    def _cached(self, key: tuple[str, str, str]) -> Any:
         with self._derived_lock:
             hit = self._derived.get(key)
+            if hit is not None:
+                self._derived.move_to_end(key)
+                return hit[0]
+        return None
+
+    def _cache(self, key: tuple[str, str, str], value: Any, size: int) -> Any:
+        """Keep ``value`` (about ``size`` bytes) in the LRU of derived data, which is bounded by bytes."""
+        with self._derived_lock:
+            if key not in self._derived and size <= _DERIVED_CACHE_BYTES // 4:
+                self._derived[key] = (value, size)
+                self._derived_bytes += size
+            while self._derived_bytes > _DERIVED_CACHE_BYTES and self._derived:
+                self._derived_bytes -= self._derived.popitem(last=False)[1][1]
+        return value
+
+    def _derive(self, repo: Repo, commit: dict[str, Any]) -> dict[str, Any]:
+        """Card data and tags of a commit; cached because commits are immutable. A card that cannot be read or
+        parsed degrades to ``{}`` for this repo only."""
+        key = (str(repo.dir), commit["id"], "card")
+        hit = self._cached(key)
         if hit is not None:
             return hit
         readme = commit["files"].get("README.md")
         card: dict[str, Any] = {}
-        if readme and readme["size"] <= (4 << 20):
-            card = cards.parse_card(self.store.read_blob(readme["sha256"]).decode("utf-8", "replace"))
-        paths = list(commit["files"])
-        derived = {"card": card, "tags": cards.derive_tags(card, paths)}
-        with self._derived_lock:
-            self._derived[key] = derived
-            while len(self._derived) > 4096:
-                self._derived.popitem(last=False)
-        return derived
+        if isinstance(readme, dict) and readme.get("size", cards.MAX_CARD_BYTES + 1) <= cards.MAX_CARD_BYTES:
+            try:
+                card = cards.parse_card(self.store.read_blob(readme["sha256"]).decode("utf-8", "replace"))
+            except (OSError, HubError, KeyError, TypeError):
+                card = {}
+        try:
+            tags = cards.derive_tags(card, list(commit["files"]))
+        except (TypeError, ValueError):
+            tags = []
+        derived = {"card": card, "tags": tags}
+        return self._cache(key, derived, 1024 + len(json.dumps(card)))
+
+    def _dir_oids(self, repo: Repo, commit: dict[str, Any]) -> dict[str, str]:
+        """Every folder of a commit with its oid (a hash of its files), in one pass over the sorted paths."""
+        key = (str(repo.dir), commit["id"], "dirs")
+        hit = self._cached(key)
+        if hit is not None:
+            return hit
+        files = commit["files"]
+        hashers: dict[str, Any] = {}
+        for p in sorted(files):
+            line = f"{p}\0{files[p]['oid']}\n".encode()
+            i = p.find("/")
+            while i >= 0:
+                d = p[:i]
+                h = hashers.get(d)
+                if h is None:
+                    h = hashers[d] = hashlib.sha1()
+                h.update(line)
+                i = p.find("/", i + 1)
+        oids = {d: h.hexdigest() for d, h in hashers.items()}
+        return self._cache(key, oids, 120 * len(oids) + sum(map(len, oids)))
 
     def _summary(self, repo: Repo, commit: dict[str, Any]) -> dict[str, Any]:
         d = self._derive(repo, commit)
@@ -257,35 +430,42 @@ class HubApp:
             raise BadRequest(f"Unsupported repo type {repo_type!r}: this hub hosts models and datasets.")
         return repo_type
 
+    def _body_repo_id(self, body: dict[str, Any]) -> str:
+        repo_id = f"{_field(body, 'organization', str) or self.user}/{_field(body, 'name', str, '')}"
+        check_repo_id(repo_id)
+        return repo_id
+
     def _create_repo(self, req: Request) -> Response:
         self._require_write(req)
-        body = req.json()
+        body = _json_body(req)
         repo_type = self._body_repo_type(body)
-        repo_id = f"{body.get('organization') or self.user}/{body.get('name') or ''}"
-        check_repo_id(repo_id)
-        namespace = repo_id.split("/", 1)[0]
-        if self.orgs is not None and namespace != self.user and namespace not in self.orgs:
-            raise HubError(f"You don't have the rights to create a repo under the namespace {namespace!r}",
-                           status=403)
+        repo_id = self._body_repo_id(body)
+        self._check_namespace(repo_id.split("/", 1)[0])
         private = bool(body.get("private")) or body.get("visibility") == "private"
-        url = self._repo_url(req, repo_id, repo_type)
         try:
             repo = self.store.create_repo(repo_type, repo_id, private, self.user)
-        except Conflict as e:
-            raise Conflict(e.message, extra={"url": url}) from None
-        return json_response({"url": url, "name": repo.id, "id": repo.object_id})
+        except Conflict as e:  # the url of the repo that exists (its spelling may differ in case)
+            existing = e.extra.get("existing", repo_id)
+            raise Conflict(e.message, code=e.code, extra={"url": self._repo_url(req, existing, repo_type)}) from None
+        return json_response({"url": self._repo_url(req, repo_id, repo_type), "name": repo.id, "id": repo.object_id})
 
     def _delete_repo(self, req: Request) -> Response:
-        body = req.json()
-        repo_type = self._body_repo_type(body)
-        repo = self._repo(req, repo_type, f"{body.get('organization') or self.user}/{body.get('name') or ''}",
-                          write=True)
+        self._require_write(req)  # before the body: an anonymous caller costs nothing
+        body = _json_body(req)
+        repo = self._repo(req, self._body_repo_type(body), self._body_repo_id(body), write=True)
         self.store.delete_repo(repo)
         return json_response({})
 
     def _validate_yaml(self, req: Request) -> Response:
-        body = req.json()
-        errors = cards.validate_card_yaml(str(body.get("content") or ""))
+        """No token needed (the client calls it before every README commit), so bounded: body size, card size,
+        YAML size, depth, node count and no aliases (``cards.load_yaml_bounded``)."""
+        body = _json_body(req, _VALIDATE_YAML_LIMIT)
+        content = _field(body, "content", str, "")
+        if len(content.encode("utf-8", "surrogatepass")) > cards.MAX_CARD_BYTES:
+            errors = [f"README.md is larger than {cards.MAX_CARD_BYTES >> 10} KiB: move long content to other "
+                      "files of the repo."]
+        else:
+            errors = cards.validate_card_yaml(content)
         payload = {"errors": [{"message": e} for e in errors], "warnings": []}
         return json_response(payload, 400 if errors else 200)
 
@@ -312,9 +492,9 @@ class HubApp:
                 continue
             try:
                 commit = self.store.read_commit(repo, self.store.resolve(repo, DEFAULT_BRANCH))
-            except HubError:  # deleted concurrently
-                continue
-            summary = self._summary(repo, commit)
+                summary = self._summary(repo, commit)
+            except (HubError, OSError, ValueError, KeyError, TypeError):  # deleted concurrently, or damaged:
+                continue  # one repo never breaks the listing of the others
             if any(f not in summary["tags"] for f in filters):
                 continue
             if req.qbool("full"):
@@ -324,10 +504,9 @@ class HubApp:
             out.append(self._expand(summary, req.qlist("expand")))
         sort = req.q("sort")
         if sort in ("lastModified", "createdAt", "id"):
-            out.sort(key=lambda r: r.get(sort) or "", reverse=req.q("direction") != "1")
-        limit = req.q("limit")
-        page = min(self.page_size, int(limit)) if limit and limit.isdigit() and int(limit) > 0 else None
-        return self._paginate(req, out, page)
+            out.sort(key=lambda r: str(r.get(sort) or ""), reverse=req.q("direction") != "1")
+        limit = _ascii_int(req.q("limit"))
+        return self._paginate(req, out, min(self.page_size, limit) if limit else None)
 
     def _refs(self, req: Request, repo: Repo) -> Response:
         refs = self.store.refs(repo)
@@ -345,7 +524,7 @@ class HubApp:
         if req.method == "DELETE":
             self.store.delete_ref(repo, "branches", name)
             return json_response({})
-        start = req.json().get("startingPoint") or DEFAULT_BRANCH
+        start = _field(_json_body(req), "startingPoint", str) or DEFAULT_BRANCH
         self.store.create_ref(repo, "branches", name, self.store.resolve(repo, start))
         return json_response({})
 
@@ -353,24 +532,18 @@ class HubApp:
         if req.method == "DELETE":
             self.store.delete_ref(repo, "tags", rev)
             return json_response({})
-        tag = req.json().get("tag")
-        if not isinstance(tag, str):
+        tag = _field(_json_body(req), "tag", str)
+        if not tag:
             raise BadRequest("Missing 'tag' in the request body.")
         self.store.create_ref(repo, "tags", tag, self.store.resolve(repo, rev))
         return json_response({})
 
     # ----------------------------------------------------------------------------------- tree & friends
     @staticmethod
-    def _dir_oid(files: dict[str, Any], d: str) -> str:
-        h = hashlib.sha1()
-        for p in sorted(p for p in files if p.startswith(d + "/")):
-            h.update(f"{p}\0{files[p]['oid']}\n".encode())
-        return h.hexdigest()
-
-    def _entry(self, files: dict[str, Any], path: str) -> dict[str, Any]:
+    def _entry(files: dict[str, Any], dirs: dict[str, str], path: str) -> dict[str, Any]:
         e = files.get(path)
         if e is None:
-            return {"type": "directory", "oid": self._dir_oid(files, path), "size": 0, "path": path}
+            return {"type": "directory", "oid": dirs[path], "size": 0, "path": path}
         out: dict[str, Any] = {"type": "file", "oid": e["oid"], "size": e["size"], "path": path}
         if e["lfs"]:
             out["lfs"] = {"oid": e["sha256"], "size": e["size"],
@@ -378,23 +551,29 @@ class HubApp:
         return out
 
     def _add_last_commits(self, repo: Repo, commit_id: str, entries: list[dict[str, Any]]) -> None:
-        """``lastCommit`` per entry: the newest commit (first-parent) that changed it; history capped at 500."""
+        """``lastCommit`` per entry: the newest first-parent commit that changed it (a file, or anything under a
+        folder). One pass over commit metadata (each commit lists the paths it changed), at most
+        :data:`_HISTORY_LIMIT` commits; entries older than that get no ``lastCommit`` (the clients allow it)."""
         pending = {e["path"]: e for e in entries}
-        history = self.store.history(repo, commit_id)
-        for _, commit in zip(range(500), history, strict=False):
-            parent = self.store.read_commit(repo, commit["parents"][0])["files"] if commit["parents"] else {}
-            for path in list(pending):
-                now = commit["files"].get(path) or self._dir_oid(commit["files"], path)
-                before = parent.get(path) or self._dir_oid(parent, path)
-                if now != before or not commit["parents"]:
-                    pending.pop(path)["lastCommit"] = {"id": commit["id"], "title": commit["title"],
-                                                       "date": commit["date"]}
+        for _, meta in zip(range(_HISTORY_LIMIT), self.store.history(repo, commit_id), strict=False):
             if not pending:
                 break
+            hit = set()
+            for p in meta["changed"] if meta["parents"] else list(pending):
+                if p in pending:
+                    hit.add(p)
+                i = p.rfind("/")
+                while i > 0:
+                    if p[:i] in pending:
+                        hit.add(p[:i])
+                    i = p.rfind("/", 0, i)
+            for p in hit:
+                pending.pop(p)["lastCommit"] = {"id": meta["id"], "title": meta["title"], "date": meta["date"]}
 
     def _tree(self, req: Request, repo: Repo, rev: str, path: str) -> Response:
         commit_id = self.store.resolve(repo, rev)
-        files = self.store.read_commit(repo, commit_id)["files"]
+        commit = self.store.read_commit(repo, commit_id)
+        files = commit["files"]
         path = path.strip("/")
         if path:
             check_path(path)
@@ -414,7 +593,9 @@ class HubApp:
                 dirs.add(prefix + parts[0])
             else:
                 file_paths.append(p)
-        entries = [self._entry(files, d) for d in sorted(dirs)] + [self._entry(files, p) for p in sorted(file_paths)]
+        oids = self._dir_oids(repo, commit) if dirs else {}
+        entries = [self._entry(files, oids, d) for d in sorted(dirs)] + \
+                  [self._entry(files, oids, p) for p in sorted(file_paths)]
         expand = req.qbool("expand")
         page_size = min(self.page_size, 50) if expand else self.page_size
         response = self._paginate(req, entries, page_size)
@@ -425,15 +606,24 @@ class HubApp:
         return response
 
     def _paths_info(self, req: Request, repo: Repo, rev: str) -> Response:
+        """O(paths): folders are indexed once per commit; at most :data:`_PATHS_INFO_LIMIT` paths per request."""
         commit_id = self.store.resolve(repo, rev)
-        files = self.store.read_commit(repo, commit_id)["files"]
-        form = req.form()
+        commit = self.store.read_commit(repo, commit_id)
+        files = commit["files"]
+        try:
+            form = parse_qs(_read_body(req, _FORM_LIMIT).decode("utf-8", "replace"), keep_blank_values=True,
+                            max_num_fields=_PATHS_INFO_LIMIT + 10)
+        except ValueError:  # more fields than that
+            raise BadRequest(f"Too many paths: ask for at most {_PATHS_INFO_LIMIT} per request.") from None
+        paths = list(dict.fromkeys(p.strip("/") for p in form.get("paths", [])))
+        if len(paths) > _PATHS_INFO_LIMIT:
+            raise BadRequest(f"Too many paths ({len(paths)}): ask for at most {_PATHS_INFO_LIMIT} per request.")
+        dirs = self._dir_oids(repo, commit)
         out = []
-        for raw in form.get("paths", []):
-            path = raw.strip("/")
+        for path in paths:
             check_path(path)
-            if path in files or any(p.startswith(path + "/") for p in files):
-                out.append(self._entry(files, path))
+            if path in files or path in dirs:
+                out.append(self._entry(files, dirs, path))
         if (form.get("expand") or ["false"])[0] == "true":
             self._add_last_commits(repo, commit_id, out)
         return json_response(out)
@@ -455,17 +645,20 @@ class HubApp:
         files = commit["files"]
         ga = files.get(".gitattributes")
         patterns = cards.lfs_patterns(self.store.read_blob(ga["sha256"]).decode("utf-8", "replace")) if ga else []
-        body = req.json()
+        body = _json_body(req, _UPLOAD_JSON_LIMIT)
         out = []
-        for f in body.get("files") or []:
-            path = check_path(str(f.get("path", "")))
+        for f in _field(body, "files", list, []):
+            if not isinstance(f, dict):
+                raise BadRequest("Each item of 'files' must be an object with 'path', 'size' and 'sample'.")
+            path = check_path(_field(f, "path", str, "", "file item"))
             try:
-                sample = base64.b64decode(f.get("sample") or "")
+                sample = base64.b64decode(_field(f, "sample", str, "", "file item"))
             except (binascii.Error, ValueError):
                 raise BadRequest(f"Invalid base64 sample for {path}.") from None
+            size = _field(f, "size", int, 0, "file item")
             remote = files.get(path)
             oid = (remote["sha256"] if remote["lfs"] else remote["oid"]) if remote else None
-            out.append({"path": path, "uploadMode": cards.upload_mode(path, int(f.get("size") or 0), sample, patterns),
+            out.append({"path": path, "uploadMode": cards.upload_mode(path, size, sample, patterns),
                         "shouldIgnore": False, "oid": oid})
         return json_response({"files": out, "commitOid": commit["id"]})
 
@@ -473,16 +666,16 @@ class HubApp:
         return hmac.new(self._secret, f"{oid}:{size}:{exp}".encode(), hashlib.sha256).hexdigest()
 
     def _lfs_batch(self, req: Request, repo: Repo) -> Response:
-        body = req.json()
+        body = _json_body(req, _UPLOAD_JSON_LIMIT)
         if body.get("operation") != "upload":
             raise BadRequest("Only the LFS 'upload' operation is supported; download through /resolve.")
         prefix = "datasets/" if repo.type == "dataset" else ""
         exp = int(time.time()) + _LFS_URL_TTL
         objects = []
-        for obj in body.get("objects") or []:
-            oid, size = obj.get("oid"), obj.get("size")
-            if not isinstance(oid, str) or not re.fullmatch(r"[0-9a-f]{64}", oid) or not isinstance(size, int) \
-                    or size < 0:
+        for obj in _field(body, "objects", list, []):
+            oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
+            if not isinstance(oid, str) or not _SHA256.fullmatch(oid) or not isinstance(size, int) \
+                    or isinstance(size, bool) or size < 0:
                 objects.append({"oid": str(oid), "size": size if isinstance(size, int) else 0,
                                 "error": {"code": 422, "message": "oid must be a sha256 hex digest and size >= 0"}})
                 continue
@@ -500,70 +693,85 @@ class HubApp:
 
     def _lfs_put(self, req: Request, s: list[str]) -> Response:
         """Basic-transfer upload: authorised by the signed URL, streamed to disk, checked against the oid."""
-        if req.method != "PUT" or len(s) != 2 or not s[1].isdigit():
+        size = _ascii_int(s[1]) if len(s) == 2 else None
+        if req.method != "PUT" or size is None or not _SHA256.fullmatch(s[0]):
             raise NotFound(f"Not found: {req.method} {req.raw_path}")
-        oid, size = s[0], int(s[1])
-        exp = req.q("exp") or ""
+        oid = s[0]
+        exp = _ascii_int(req.q("exp"))
         sig = req.q("sig") or ""
-        if not exp.isdigit() or not hmac.compare_digest(sig, self._sign(oid, size, int(exp))):
+        if exp is None or not hmac.compare_digest(sig.encode("utf-8", "replace"),
+                                                  self._sign(oid, size, exp).encode()):
             raise Unauthorized("Invalid LFS upload URL signature: request a new one through the LFS batch API.")
-        if int(exp) < time.time():
+        if exp < time.time():
             raise Unauthorized("Expired LFS upload URL: request a new one through the LFS batch API.")
         declared = req.headers.get("Content-Length")
-        if declared is not None and int(declared) != size:
+        if declared is not None and _ascii_int(declared) != size:
             raise BadRequest(f"Upload size mismatch: expected {size} bytes, Content-Length is {declared}.")
         if self.store.blob_size(oid) == size:
             return json_response({})
-        self.store.put_blob_stream(req.body.chunks(), oid, size)
+        self.store.put_blob_stream(req.body.chunks(), oid, size)  # stops as soon as the body passes ``size``
         return json_response({})
 
     def _lfs_verify(self, req: Request) -> Response:
-        body = req.json()
+        body = _json_body(req)
         oid, size = body.get("oid"), body.get("size")
-        if not isinstance(oid, str) or self.store.blob_size(oid) != size:
+        if not isinstance(oid, str) or not _SHA256.fullmatch(oid) or self.store.blob_size(oid) != size:
             raise NotFound(f"LFS object {oid} of size {size} has not been uploaded.")
         return json_response({})
 
     def _commit(self, req: Request, repo: Repo, branch: str) -> Response:
+        """NDJSON commit: lines are read in linear time; inline blobs are made durable with one sync before the
+        commit that names them is published. Paths are checked at commit time (``names.check_upload_path``)."""
         if req.qbool("create_pr"):
             raise BadRequest("Pull requests are not supported by this hub; commit to a branch instead.")
         header: dict[str, Any] = {}
         ops: list[Op] = []
-        while line := req.body.readline(_NDJSON_LINE_LIMIT):
+        unsynced = False
+        for line in _ndjson_lines(req, _NDJSON_LINE_LIMIT):
             if not line.strip():
                 continue
             try:
                 item = json.loads(line)
-                key, value = item["key"], item["value"]
-            except (ValueError, KeyError, TypeError):
-                raise BadRequest("Invalid NDJSON commit line.") from None
+            except (ValueError, UnicodeDecodeError, RecursionError):
+                raise BadRequest("Invalid NDJSON commit line: each line must be a JSON object.") from None
+            if not isinstance(item, dict) or not isinstance(item.get("key"), str):
+                raise BadRequest("Invalid NDJSON commit line: expected {\"key\": ..., \"value\": {...}}.")
+            key = item["key"]
+            value = _field(item, "value", dict, {}, f"{key!r} line")
             if key == "header":
                 header = value
-            elif key == "file":
-                path = check_path(str(value.get("path", "")))
-                if value.get("encoding", "base64") != "base64":
+                continue
+            path = _field(value, "path", str, "", f"{key!r} line")
+            if key == "file":
+                path = check_upload_path(path)
+                if _field(value, "encoding", str, "base64", "'file' line") != "base64":
                     raise BadRequest(f"Unsupported encoding for {path}: use base64.")
                 try:
-                    data = base64.b64decode(value.get("content") or "", validate=True)
+                    data = base64.b64decode(_field(value, "content", str, "", "'file' line"), validate=True)
                 except (binascii.Error, ValueError):
                     raise BadRequest(f"Invalid base64 content for {path}.") from None
-                sha, size = self.store.put_blob(data)
+                if self.store.blob_size(hashlib.sha256(data).hexdigest()) != len(data):
+                    unsynced = True
+                sha, size = self.store.put_blob(data, sync=False)
                 ops.append(Op("add", path, make_entry(sha, size, False, git_blob_sha1(data))))
             elif key == "lfsFile":
-                path = check_path(str(value.get("path", "")))
-                oid = str(value.get("oid", ""))
-                stored = self.store.blob_size(oid) if re.fullmatch(r"[0-9a-f]{64}", oid) else None
+                path = check_upload_path(path)
+                oid = _field(value, "oid", str, "", "'lfsFile' line")
+                stored = self.store.blob_size(oid) if _SHA256.fullmatch(oid) else None
                 if stored is None:
                     raise Unprocessable(f"LFS object {oid} for {path} has not been uploaded.")
-                if value.get("size") is not None and value["size"] != stored:
-                    raise Unprocessable(f"LFS object {oid} has {stored} bytes, the commit says {value['size']}.")
+                declared = _field(value, "size", int, None, "'lfsFile' line")
+                if declared is not None and declared != stored:
+                    raise Unprocessable(f"LFS object {oid} has {stored} bytes, the commit says {declared}.")
                 ops.append(Op("add", path, make_entry(oid, stored, True)))
             elif key == "deletedFile":
-                ops.append(Op("delete", str(value.get("path", ""))))
+                ops.append(Op("delete", path))
             elif key == "deletedFolder":
-                ops.append(Op("delete_folder", str(value.get("path", ""))))
+                ops.append(Op("delete_folder", path))
             else:
                 raise BadRequest(f"Unsupported commit operation {key!r}.")
+        if unsynced:
+            self.store.sync()
         summary = str(header.get("summary") or "Commit")
         commit_id = self.store.commit(repo, branch, ops, summary, str(header.get("description") or ""),
                                       self.user, header.get("parentCommit"))
@@ -619,14 +827,19 @@ class HubApp:
                 if len(s) == 2 and m == "GET":
                     return json_response({**collection, "items": self._visible_items(req, collection["items"])})
                 self._require_write(req)
+                self._check_namespace(collection["owner"]["name"], "collections")
                 if len(s) == 2 and m == "DELETE":
                     self.store.delete_collection(slug)
                     return json_response({})
                 if len(s) == 2 and m == "PATCH":
-                    body = req.json()
-                    for key in ("title", "description", "position", "private", "theme"):
-                        if key in body:
-                            collection[key] = body[key]
+                    body = _json_body(req)
+                    kinds = {"title": str, "description": str, "position": int, "private": bool, "theme": str}
+                    for key, kind in kinds.items():
+                        value = _field(body, key, kind)
+                        if value is not None:
+                            collection[key] = value
+                    if not str(collection["title"]).strip():
+                        raise BadRequest("A collection needs a non-empty 'title'.")
                     return self._save_collection(collection)
                 if s[2:] == ["items"] and m == "POST":
                     return self._add_collection_item(req, collection)
@@ -635,19 +848,23 @@ class HubApp:
         raise NotFound(f"Not found: {req.method} {req.raw_path}")
 
     def _visible_items(self, req: Request, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Collection items the caller may see: a private (or since deleted) repo is left out for anonymous readers."""
+        """Collection items the caller may see. For anonymous readers a private (or since deleted) repo or
+        collection is left out, and positions are renumbered 0..n-1, so neither a slug (which carries a title) nor
+        a gap in the positions reveals what is hidden."""
         if self._authed(req):
             return items
         out = []
         for item in items:
-            if item["type"] in ("model", "dataset"):
-                try:
+            try:
+                if item["type"] in ("model", "dataset"):
                     repo = self.store.get_repo(item["type"], item["id"])
-                except HubError:
+                    if repo is None or repo.private:
+                        continue
+                elif item["type"] == "collection" and self.store.get_collection(item["id"])["private"]:
                     continue
-                if repo is None or repo.private:
-                    continue
-            out.append(item)
+            except HubError:
+                continue
+            out.append({**item, "position": len(out)})
         return out
 
     def _save_collection(self, collection: dict[str, Any]) -> Response:
@@ -658,37 +875,41 @@ class HubApp:
 
     def _create_collection(self, req: Request) -> Response:
         self._require_write(req)
-        body = req.json()
-        title = str(body.get("title") or "").strip()
+        body = _json_body(req)
+        title = _field(body, "title", str, "").strip()
         if not title:
             raise BadRequest("A collection needs a non-empty 'title'.")
-        namespace = check_repo_part(str(body.get("namespace") or self.user), "namespace")
+        namespace = check_repo_part(_field(body, "namespace", str) or self.user, "namespace")
+        self._check_namespace(namespace, "collections")
         with self.store.collection_lock():
             for existing in self.store.list_collections():
                 if existing["owner"]["name"] == namespace and existing["title"] == title:
                     raise Conflict(f"Collection {title!r} already exists", extra=existing)
             slug_name = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:60] or "collection"
             collection = {"slug": f"{namespace}/{slug_name}-{secrets.token_hex(12)}", "title": title,
-                          "description": body.get("description"),
+                          "description": _field(body, "description", str),
                           "owner": {"name": namespace, "type": "user" if namespace == self.user else "org"},
                           "items": [], "position": 0, "private": bool(body.get("private")), "theme": "blue",
                           "upvotes": 0, "lastUpdated": utc_iso()}
             return self._save_collection(collection)
 
     def _add_collection_item(self, req: Request, collection: dict[str, Any]) -> Response:
-        body = req.json()
-        item = body.get("item") or {}
-        item_id, item_type = str(item.get("id") or ""), item.get("type")
+        body = _json_body(req)
+        item = _field(body, "item", dict, {})
+        item_id, item_type = _field(item, "id", str, "", "item"), _field(item, "type", str, None, "item")
         if item_type not in _COLLECTION_ITEM_TYPES or not item_id:
             raise BadRequest(f"Collection items need an 'id' and a 'type' in {', '.join(_COLLECTION_ITEM_TYPES)}.")
         if item_type in ("model", "dataset"):
             self._repo(req, item_type, item_id)
+        elif item_type == "collection":
+            self.store.get_collection(item_id)
         if any(i["id"] == item_id and i["type"] == item_type for i in collection["items"]):
             raise Conflict(f"{item_type} {item_id} is already in the collection")
         new = {"_id": secrets.token_hex(12), "id": item_id, "type": item_type,
                "position": max((i["position"] for i in collection["items"]), default=-1) + 1}
-        if body.get("note"):
-            new["note"] = {"text": str(body["note"]), "html": str(body["note"])}
+        note = _field(body, "note", str)
+        if note:
+            new["note"] = {"text": note, "html": note}
         collection["items"].append(new)
         return self._save_collection(collection)
 
@@ -699,11 +920,12 @@ class HubApp:
         if req.method == "DELETE":
             collection["items"].remove(matches[0])
         else:
-            body = req.json()
-            if "note" in body:
-                matches[0]["note"] = {"text": str(body["note"]), "html": str(body["note"])}
-            if "position" in body:
-                matches[0]["position"] = int(body["position"])
+            body = _json_body(req)
+            note, position = _field(body, "note", str), _field(body, "position", int)
+            if note is not None:
+                matches[0]["note"] = {"text": note, "html": note}
+            if position is not None:
+                matches[0]["position"] = position
         return self._save_collection(collection)
 
     def _list_collections(self, req: Request) -> Response:

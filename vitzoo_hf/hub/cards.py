@@ -1,14 +1,99 @@
-"""What the Hub derives from repo contents: card metadata, tags, and which files go through LFS."""
+"""What the Hub derives from repo contents: card metadata, tags, and which files go through LFS.
+
+Card YAML comes from anyone who can commit (and, through ``/api/validate-yaml``, from anyone at all), so it is
+parsed by a bounded loader: at most :data:`MAX_METADATA_BYTES` of front matter, :data:`MAX_YAML_DEPTH` levels of
+nesting, :data:`MAX_YAML_NODES` nodes and no aliases (the "billion laughs"), checked on libyaml's event stream
+before anything is built. What it builds is made JSON-safe (:func:`json_safe`: dates become ISO strings), so a
+card can never break the JSON answer it is part of.
+"""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import fnmatch
+import math
 from typing import Any
 
 import yaml
 
 LFS_SIZE_THRESHOLD = 10 * 1000 * 1000
 BASE_MODEL_RELATIONS = ("finetune", "adapter", "merge", "quantized")
+
+MAX_CARD_BYTES = 1 << 20
+"""A README larger than this is not parsed for metadata (and /api/validate-yaml refuses it)."""
+MAX_METADATA_BYTES = 256 << 10
+"""The YAML front matter of a card: model-index blocks of real cards are tens of KiB."""
+MAX_YAML_DEPTH = 64
+MAX_YAML_NODES = 50_000
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class CardYAMLError(ValueError):
+    """YAML the hub refuses to build: too large, too deep, too many nodes, aliases, or not parseable."""
+
+
+def load_yaml_bounded(raw: str) -> Any:
+    """``yaml.safe_load`` with fixed bounds on size, depth, node count and no aliases (see the module doc)."""
+    if len(raw.encode("utf-8", "surrogatepass")) > MAX_METADATA_BYTES:
+        raise CardYAMLError(f"the metadata block is larger than {MAX_METADATA_BYTES // 1024} KiB")
+    depth = nodes = 0
+    try:
+        for event in yaml.parse(raw, Loader=_Loader):
+            if isinstance(event, yaml.AliasEvent):
+                raise CardYAMLError("YAML aliases (*name) are not allowed in card metadata")
+            if isinstance(event, (yaml.ScalarEvent, yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                nodes += 1
+                if nodes > MAX_YAML_NODES:
+                    raise CardYAMLError(f"the metadata block has more than {MAX_YAML_NODES} YAML nodes")
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise CardYAMLError(f"the metadata block nests deeper than {MAX_YAML_DEPTH} levels")
+            elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+                depth -= 1
+        return yaml.load(raw, Loader=_Loader)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
+    except CardYAMLError:
+        raise
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError) as e:
+        # constructors raise plain ValueError for e.g. ``date: 2024-99-99``
+        raise CardYAMLError(str(e).replace("\n", " ")) from None
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """The JSON form of what YAML can build: ISO strings for dates, lists for sets, base64 for binary, string
+    keys, None for NaN and infinities (which are not JSON)."""
+    if depth > MAX_YAML_DEPTH:
+        return None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (dt.date, dt.datetime, dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            key = k if isinstance(k, str) else json_safe_key(k)
+            out[key] = json_safe(v, depth + 1)
+        return out
+    if isinstance(value, (set, frozenset)):
+        return [json_safe(v, depth + 1) for v in sorted(value, key=repr)]
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    return str(value)
+
+
+def json_safe_key(key: Any) -> str:
+    if key is None:
+        return "null"
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    safe = json_safe(key, MAX_YAML_DEPTH)
+    return safe if isinstance(safe, str) else str(safe)
 
 
 def split_front_matter(text: str) -> tuple[str | None, str]:
@@ -30,10 +115,10 @@ def parse_card(text: str) -> dict[str, Any]:
     if raw is None:
         return {}
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError:
+        data = load_yaml_bounded(raw)
+    except CardYAMLError:
         return {}
-    return data if isinstance(data, dict) else {}
+    return json_safe(data) if isinstance(data, dict) else {}
 
 
 def validate_card_yaml(text: str) -> list[str]:
@@ -42,9 +127,9 @@ def validate_card_yaml(text: str) -> list[str]:
     if raw is None:
         return []
     try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        return [f"Invalid YAML in the README metadata block: {e}".replace("\n", " ")]
+        data = load_yaml_bounded(raw)
+    except CardYAMLError as e:
+        return [f"Invalid YAML in the README metadata block: {e}"]
     if data is not None and not isinstance(data, dict):
         return ["The README metadata block must be a YAML mapping."]
     return []

@@ -65,3 +65,21 @@ class PreconditionFailed(HubError):
 
 class Unprocessable(HubError):
     status = 422
+
+
+class PayloadTooLarge(HubError):
+    status = 413
+
+
+class UnsupportedMediaType(HubError):
+    status = 415
+
+
+class Forbidden(HubError):
+    status = 403
+
+
+class InsufficientStorage(HubError):
+    """The store's disk is full (ENOSPC/EDQUOT): nothing was half-written, the request can be retried later."""
+
+    status = 507

@@ -2,11 +2,22 @@
 
 Everything that becomes part of a filesystem path or a ref name passes through here first, so ``..``, absolute
 paths and control characters are refused with a 400 before they can reach the store.
+
+Upload paths (:func:`check_upload_path`) follow one more rule, because clients write repo files into folders they
+then trust (``hf download --local-dir`` into a git checkout): no path segment may be ``.git`` or ``.cache``, the
+folders ``huggingface_hub`` itself refuses to commit to (``FORBIDDEN_FOLDERS``; a file named ``.git`` is refused too,
+as it would redirect git to another repository). Look-alikes that a case-insensitive or normalising file system turns
+into those names are refused as well: the segment is compared after Unicode NFC + case folding, without the
+zero-width characters HFS+ ignores and without the trailing dots and spaces Windows drops, and NTFS's short name
+``git~1`` counts as ``.git``. Other file names are kept byte-exact (as git and the Hub do), so ``README.md`` and
+``readme.md`` are two files; but two paths that differ only in Unicode normalisation (NFC vs NFD ``é``) look the
+same and are one file on macOS, so a commit that would hold both is refused (see :mod:`vitzoo_hf.hub.storage`).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from .errors import BadRequest
 
@@ -81,6 +92,39 @@ def check_path(path: str) -> str:
         raise BadRequest(f"Invalid path {path!r}: use a relative path without '..', '.', empty segments, "
                          "backslashes or control characters.")
     return path
+
+
+FORBIDDEN_FOLDERS = (".git", ".cache")
+"""Folders ``huggingface_hub`` refuses to upload into (``huggingface_hub.utils._paths.FORBIDDEN_FOLDERS``)."""
+
+# Characters HFS+ ignores in file names (the list git checks in ``is_hfs_dotgit``) and other invisible formatters.
+_IGNORABLE = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u206a-\u206f\ufeff\u00ad]")
+
+
+def fold_segment(segment: str) -> str:
+    """What a case-insensitive, normalising file system (macOS, Windows) makes of a path segment."""
+    folded = _IGNORABLE.sub("", unicodedata.normalize("NFC", segment)).casefold().rstrip(" .")
+    return ".git" if folded == "git~1" else folded
+
+
+def check_upload_path(path: str) -> str:
+    """A path a commit may write: :func:`check_path`, and no segment that is (or becomes) ``.git`` or ``.cache``."""
+    check_path(path)
+    for segment in path.split("/"):
+        folded = fold_segment(segment)
+        for forbidden in FORBIDDEN_FOLDERS:
+            if folded == forbidden:
+                raise BadRequest(
+                    f"Invalid path {path!r}: files under a '{forbidden}/' folder (or named '{forbidden}', in any "
+                    f"case or spelling a file system folds to it, here {segment!r}) cannot be uploaded; "
+                    "huggingface_hub refuses them too, because clients download repo files into folders "
+                    "whose .git/ and .cache/ they trust.")
+    return path
+
+
+def nfc(path: str) -> str:
+    """The NFC form of a path (ASCII paths are returned as they are, cheaply)."""
+    return path if path.isascii() else unicodedata.normalize("NFC", path)
 
 
 def is_commit_sha(rev: str) -> bool:

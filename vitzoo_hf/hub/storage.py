@@ -7,6 +7,7 @@ Layout under ``root``::
         repo.json                         id, visibility, creation time
         refs.json                         {"branches": {name: sha}, "tags": {name: sha}}
         commits/<sha1>.json               immutable snapshot {path: entry} plus parents and message
+        commits/<sha1>.meta               the same without the snapshot, plus the paths it changed
     collections/<owner>/<id>.json
     tmp/                                  scratch; emptied at start
     vitzoo-hub.json                       marks the folder as a store (written first, when the store is made)
@@ -17,13 +18,30 @@ is always the store's own (``--root ~`` must not wipe ``~/tmp``).
 Crash safety comes from one rule: every file is written to ``tmp/``, fsynced and then ``os.replace``d into
 place, and objects are published bottom-up (blobs, then the commit, then the ref that points to it). A process
 killed at any moment therefore leaves at worst unreferenced objects or scratch files, never a half-written object
-that a reader can reach. A repo is assembled in ``tmp/`` and renamed into place in one step.
+that a reader can reach. A repo is assembled in ``tmp/`` and renamed into place in one step. The inline blobs of
+one commit are written without a per-file fsync and made durable together (one ``syncfs``) before the commit that
+names them is published, so a 20k-file commit does not pay 40k fsyncs.
+
+The store is private whatever the umask: the root is 0700 (re-applied at every start, so older stores are
+closed too), folders 0700 and files 0600.
+
+Commit-time path rules (see :mod:`vitzoo_hf.hub.names`): added paths pass :func:`check_upload_path` (no ``.git`` or
+``.cache`` segment, nor look-alikes of them), a file and a folder cannot share a name, and two paths that are equal
+after NFC normalisation cannot coexist (the second is refused with a 400 naming the first). Repo ids are unique
+case-insensitively, as on the real Hub: ``Alice/pub`` cannot be created next to ``alice/pub``, and a new repo's
+namespace must be spelled like the existing one; lookups are exact-case.
+
+Memory: commit snapshots are cached by (estimated) bytes, not by count, so a few huge commits cannot hold
+gigabytes. Each commit also has a small ``.meta`` file (parents, message, and the paths it changed against its
+first parent), so walking history (``/commits``, "last commit per path") never parses whole snapshots; commits made
+before ``.meta`` files existed are diffed against their parent once, when first walked.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import json
@@ -48,9 +66,22 @@ from .errors import (
     RepoNotFound,
     RevisionNotFound,
 )
-from .names import check_new_repo_id, check_path, check_repo_id, check_repo_part, check_revision, is_commit_sha
+from .names import (
+    check_new_repo_id,
+    check_path,
+    check_repo_id,
+    check_repo_part,
+    check_revision,
+    check_upload_path,
+    is_commit_sha,
+    nfc,
+)
 
 CHUNK = 1 << 20
+COMMIT_CACHE_BYTES = 64 << 20
+"""Budget of the commit cache, in bytes of commit JSON (a 20k-file snapshot is about 3 MiB of JSON)."""
+DIR_MODE = 0o700
+FILE_MODE = 0o600
 DEFAULT_BRANCH = "main"
 MARKER = "vitzoo-hub.json"
 _STORE_LAYOUT = ("blobs", "repos", "collections", "tmp", ".lock")  # a store made before the marker existed
@@ -117,6 +148,44 @@ class Op:
     entry: dict[str, Any] | None = None
 
 
+def _mkdir(path: Path) -> None:
+    """``mkdir -p`` with folders 0700 whatever the umask."""
+    if path.is_dir():
+        return
+    _mkdir(path.parent)
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=DIR_MODE)
+        os.chmod(path, DIR_MODE)
+
+
+def _open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_EXCL) -> int:
+    """A new file that only the store's owner can read (0600 whatever the umask)."""
+    fd = os.open(path, flags, FILE_MODE)
+    os.fchmod(fd, FILE_MODE)
+    return fd
+
+
+_libc = None
+
+
+def _syncfs(path: Path) -> None:
+    """Flush every written file on the file system of ``path`` (one call instead of one fsync per file)."""
+    global _libc
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc is None:
+            try:
+                _libc = ctypes.CDLL(None, use_errno=True)
+                _libc.syncfs  # noqa: B018 - probe
+            except (OSError, AttributeError):
+                _libc = False
+        if _libc and _libc.syncfs(fd) == 0:
+            return
+        os.sync()
+    finally:
+        os.close(fd)
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -133,7 +202,7 @@ def _claim(root: Path) -> None:
         return
     if root.exists() and not root.is_dir():
         raise ZooError(f"hub root {root} is a file, not a folder: pass a new or empty folder as --root")
-    root.mkdir(parents=True, exist_ok=True)
+    _mkdir(root)
     present = {p.name for p in root.iterdir()}
     legacy = {"blobs", "repos", "collections"} <= present and present <= set(_STORE_LAYOUT)
     if present and not legacy:
@@ -142,7 +211,9 @@ def _claim(root: Path) -> None:
                        "is ever touched")
     marker = {"format": 1, "created_at": utc_iso()}
     tmp = root / f".{MARKER}.{secrets.token_hex(6)}"
-    tmp.write_text(json.dumps(marker) + "\n")
+    fd = _open_private(tmp)
+    with open(fd, "w") as f:
+        f.write(json.dumps(marker) + "\n")
     os.replace(tmp, root / MARKER)
     _fsync_dir(root)
 
@@ -157,9 +228,10 @@ class Store:
         self.collections_dir = self.root / "collections"
         self.tmp = self.root / "tmp"
         _claim(self.root)
+        os.chmod(self.root, DIR_MODE)  # also closes a store made world-readable by an older version
         for d in (self.blobs, self.repos / "model", self.repos / "dataset", self.collections_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        self._lock_file = open(self.root / ".lock", "a+b")  # noqa: SIM115 - held for the store's lifetime
+            _mkdir(d)
+        self._lock_file = open(_open_private(self.root / ".lock", os.O_RDWR | os.O_CREAT), "a+b")  # noqa: SIM115
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -167,10 +239,11 @@ class Store:
             raise RuntimeError(f"{self.root} is already served by another hub process") from None
         # Scratch files of a killed process are garbage by construction: nothing refers to them.
         shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir()
+        _mkdir(self.tmp)
         self._locks: dict[str, threading.RLock] = {}
         self._locks_guard = threading.Lock()
-        self._commit_cache: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self._commit_cache: OrderedDict[tuple[str, str], tuple[dict[str, Any], int]] = OrderedDict()
+        self._cache_bytes = 0
         self._cache_guard = threading.Lock()
 
     def close(self) -> None:
@@ -189,12 +262,16 @@ class Store:
     def _write_atomic(self, dest: Path, data: bytes) -> None:
         """Write ``dest`` so that readers see either the old file or the complete new one."""
         tmp = self._tmp_path()
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, dest)
+        try:
+            with open(_open_private(tmp), "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            _mkdir(dest.parent)
+            os.replace(tmp, dest)
+        finally:  # a failed write (ENOSPC) leaves no scratch file behind
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         _fsync_dir(dest.parent)
 
     def _write_json(self, dest: Path, obj: Any) -> None:
@@ -213,19 +290,28 @@ class Store:
             return None
 
     def put_blob_stream(self, chunks: Iterable[bytes], expected_sha256: str | None = None,
-                        expected_size: int | None = None) -> tuple[str, int]:
-        """Stream chunks to a scratch file while hashing; publish it under its sha256 only if it checks out."""
+                        expected_size: int | None = None, sync: bool = True) -> tuple[str, int]:
+        """Stream chunks to a scratch file while hashing; publish it under its sha256 only if it checks out.
+
+        Never writes more than ``expected_size`` bytes: a longer body is refused as soon as it passes the size.
+        ``sync=False`` skips the fsyncs; the caller then calls :meth:`sync` before publishing anything that
+        refers to the blob.
+        """
         tmp = self._tmp_path(".part")
         digest = hashlib.sha256()
         size = 0
         try:
-            with open(tmp, "wb") as f:
+            with open(_open_private(tmp), "wb") as f:
                 for chunk in chunks:
-                    digest.update(chunk)
                     size += len(chunk)
+                    if expected_size is not None and size > expected_size:
+                        raise BadRequest(f"Upload size mismatch: expected {expected_size} bytes, the body is "
+                                         "longer.")
+                    digest.update(chunk)
                     f.write(chunk)
                 f.flush()
-                os.fsync(f.fileno())
+                if sync:
+                    os.fsync(f.fileno())
             sha = digest.hexdigest()
             if expected_size is not None and size != expected_size:
                 raise BadRequest(f"Upload size mismatch: expected {expected_size} bytes, received {size}.")
@@ -233,19 +319,24 @@ class Store:
                 raise BadRequest(f"Upload content mismatch: sha256 of the body is {sha}, "
                                  f"expected {expected_sha256}.")
             dest = self.blob_path(sha)
-            dest.parent.mkdir(exist_ok=True)
+            _mkdir(dest.parent)
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            if sync:
+                _fsync_dir(dest.parent)
             return sha, size
         finally:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
 
-    def put_blob(self, data: bytes) -> tuple[str, int]:
+    def put_blob(self, data: bytes, sync: bool = True) -> tuple[str, int]:
         sha = hashlib.sha256(data).hexdigest()
         if self.blob_size(sha) == len(data):
             return sha, len(data)
-        return self.put_blob_stream([data], sha, len(data))
+        return self.put_blob_stream([data], sha, len(data), sync=sync)
+
+    def sync(self) -> None:
+        """Make every file written with ``sync=False`` durable (one syncfs of the store's file system)."""
+        _syncfs(self.root)
 
     def open_blob(self, sha256: str) -> BinaryIO:
         return open(self.blob_path(sha256), "rb")
@@ -285,26 +376,49 @@ class Store:
         """Create a repo with an initial ``.gitattributes`` commit on ``main`` (the Hub does the same)."""
         check_new_repo_id(repo_id)
         dest = self._repo_dir(repo_type, repo_id)
-        with self._lock(str(dest)):
+        with self._lock(f"create:{repo_type}"):
             if dest.exists():
                 raise Conflict(f"You already created this {repo_type} repo", code="RepoExists")
+            self._check_case_collision(repo_type, repo_id)
             staging = self._tmp_path(".repo")
-            (staging / "commits").mkdir(parents=True)
-            now = time.time()
-            sha, size = self.put_blob(default_gitattributes(repo_type))
-            gitattributes = make_entry(sha, size, False, git_blob_sha1(default_gitattributes(repo_type)))
-            commit = self._new_commit([], {".gitattributes": gitattributes}, "initial commit", "", author, now)
-            self._write_json(staging / "commits" / f"{commit['id']}.json", commit)
-            self._write_json(staging / "refs.json", {"branches": {DEFAULT_BRANCH: commit["id"]}, "tags": {}})
-            meta = {"id": repo_id, "object_id": secrets.token_hex(12), "private": bool(private),
-                    "created_at": utc_iso(now)}
-            self._write_json(staging / "repo.json", meta)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(staging, dest)
+            try:
+                self._stage_repo(staging, repo_type, repo_id, private, author)
+                _mkdir(dest.parent)
+                os.rename(staging, dest)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
             _fsync_dir(dest.parent)
         repo = self._load_repo(repo_type, dest)
         assert repo is not None
         return repo
+
+    def _check_case_collision(self, repo_type: str, repo_id: str) -> None:
+        """Repo ids are unique case-insensitively and a namespace has one spelling (the real Hub's rule)."""
+        ns, name = repo_id.split("/")
+        for existing_ns in (self.repos / repo_type).iterdir():
+            if existing_ns.name.lower() != ns.lower():
+                continue
+            if existing_ns.name != ns and any(existing_ns.iterdir()):
+                raise BadRequest(f"Cannot create {repo_id}: the namespace exists as {existing_ns.name!r} (namespaces "
+                               f"are case-insensitive); use {existing_ns.name}/{name}.")
+            for d in existing_ns.iterdir():
+                if d.name.lower() == name.lower() and d.name != name and (d / "repo.json").exists():
+                    raise Conflict(f"Cannot create {repo_id}: {existing_ns.name}/{d.name} exists and repo ids are "
+                                   "case-insensitive.", code="RepoExists",
+                                   extra={"existing": f"{existing_ns.name}/{d.name}"})
+
+    def _stage_repo(self, staging: Path, repo_type: str, repo_id: str, private: bool, author: str) -> None:
+        _mkdir(staging / "commits")
+        now = time.time()
+        sha, size = self.put_blob(default_gitattributes(repo_type))
+        gitattributes = make_entry(sha, size, False, git_blob_sha1(default_gitattributes(repo_type)))
+        commit = self._new_commit([], {".gitattributes": gitattributes}, "initial commit", "", author, now)
+        self._write_json(staging / "commits" / f"{commit['id']}.meta", self._meta(commit, [".gitattributes"]))
+        self._write_json(staging / "commits" / f"{commit['id']}.json", commit)
+        self._write_json(staging / "refs.json", {"branches": {DEFAULT_BRANCH: commit["id"]}, "tags": {}})
+        meta = {"id": repo_id, "object_id": secrets.token_hex(12), "private": bool(private),
+                "created_at": utc_iso(now)}
+        self._write_json(staging / "repo.json", meta)
 
     def delete_repo(self, repo: Repo) -> None:
         with self._lock(str(repo.dir)):
@@ -314,7 +428,7 @@ class Store:
         shutil.rmtree(trash, ignore_errors=True)
         with self._cache_guard:
             for key in [k for k in self._commit_cache if k[0] == str(repo.dir)]:
-                del self._commit_cache[key]
+                self._cache_bytes -= self._commit_cache.pop(key)[1]
 
     def set_private(self, repo: Repo, private: bool) -> Repo:
         with self._lock(str(repo.dir)):
@@ -336,15 +450,13 @@ class Store:
             hit = self._commit_cache.get(key)
             if hit is not None:
                 self._commit_cache.move_to_end(key)
-                return hit
+                return hit[0]
         try:
-            commit = json.loads((repo.dir / "commits" / f"{commit_id}.json").read_text())
+            raw = (repo.dir / "commits" / f"{commit_id}.json").read_bytes()
         except FileNotFoundError:
             raise RevisionNotFound(f"Commit {commit_id} not found in {repo.id}") from None
-        with self._cache_guard:
-            self._commit_cache[key] = commit
-            while len(self._commit_cache) > 2048:
-                self._commit_cache.popitem(last=False)
+        commit = json.loads(raw)
+        self._cache_put(key, commit, len(raw))
         return commit
 
     def resolve(self, repo: Repo, rev: str) -> str:
@@ -365,12 +477,48 @@ class Store:
         raise RevisionNotFound(f"Invalid rev id: {rev}")
 
     def history(self, repo: Repo, commit_id: str) -> Iterator[dict[str, Any]]:
-        """First-parent history, newest first."""
+        """First-parent history, newest first, as :meth:`commit_meta` dicts (no snapshots)."""
         cid: str | None = commit_id
         while cid:
-            commit = self.read_commit(repo, cid)
-            yield commit
-            cid = commit["parents"][0] if commit["parents"] else None
+            meta = self.commit_meta(repo, cid)
+            yield meta
+            cid = meta["parents"][0] if meta["parents"] else None
+
+    def commit_meta(self, repo: Repo, commit_id: str) -> dict[str, Any]:
+        """A commit without its snapshot, plus ``changed`` (paths changed against the first parent; every path
+        for a root commit). Cheap: read from the ``.meta`` file, computed once for commits that have none."""
+        key = (str(repo.dir), commit_id + ".meta")
+        with self._cache_guard:
+            hit = self._commit_cache.get(key)
+            if hit is not None:
+                self._commit_cache.move_to_end(key)
+                return hit[0]
+        try:
+            raw = (repo.dir / "commits" / f"{commit_id}.meta").read_bytes()
+            meta = json.loads(raw)
+        except (FileNotFoundError, ValueError):
+            commit = self.read_commit(repo, commit_id)
+            parent = self.read_commit(repo, commit["parents"][0])["files"] if commit["parents"] else {}
+            meta = self._meta(commit, self._changed(parent, commit["files"]))
+            raw = json.dumps(meta).encode()
+        self._cache_put(key, meta, len(raw))
+        return meta
+
+    @staticmethod
+    def _meta(commit: dict[str, Any], changed: list[str]) -> dict[str, Any]:
+        return {**{k: v for k, v in commit.items() if k != "files"}, "changed": changed}
+
+    @staticmethod
+    def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+        return sorted({p for p, e in after.items() if before.get(p) != e} | (before.keys() - after.keys()))
+
+    def _cache_put(self, key: tuple[str, str], value: dict[str, Any], size: int) -> None:
+        with self._cache_guard:
+            if key not in self._commit_cache and size <= COMMIT_CACHE_BYTES // 4:
+                self._commit_cache[key] = (value, size)
+                self._cache_bytes += size
+            while self._cache_bytes > COMMIT_CACHE_BYTES and self._commit_cache:
+                self._cache_bytes -= self._commit_cache.popitem(last=False)[1][1]
 
     @staticmethod
     def _new_commit(parents: list[str], files: dict[str, Any], title: str, message: str, author: str,
@@ -394,30 +542,69 @@ class Store:
                 raise PreconditionFailed(
                     f"A commit has happened since the parent commit {parent_commit}: {branch} is now at {head}."
                 )
-            files = dict(self.read_commit(repo, head)["files"])
-            for op in ops:
-                path = check_path(op.path.rstrip("/")) if op.kind == "delete_folder" else check_path(op.path)
-                if op.kind == "add":
-                    if any(p.startswith(path + "/") for p in files):
-                        raise BadRequest(f"Cannot add file {path!r}: a folder with this name exists.")
-                    parents = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]
-                    if any(p in files for p in parents):
-                        raise BadRequest(f"Cannot add file {path!r}: one of its parent folders is a file.")
-                    files[path] = op.entry
-                elif op.kind == "delete":
-                    if path not in files:
-                        raise EntryNotFound(f"A file with this name doesn't exist: {path}")
-                    del files[path]
-                elif op.kind == "delete_folder":
-                    for p in [p for p in files if p.startswith(path + "/")]:
-                        del files[p]
-                else:
-                    raise BadRequest(f"Unknown commit operation {op.kind!r}.")
+            before = self.read_commit(repo, head)["files"]
+            files = self._apply(dict(before), ops)
             commit = self._new_commit([head], files, title, message, author, time.time())
+            self._write_json(repo.dir / "commits" / f"{commit['id']}.meta",
+                             self._meta(commit, self._changed(before, files)))
             self._write_json(repo.dir / "commits" / f"{commit['id']}.json", commit)
             refs["branches"][branch] = commit["id"]
             self._write_json(repo.dir / "refs.json", refs)
             return commit["id"]
+
+    @staticmethod
+    def _apply(files: dict[str, Any], ops: list[Op]) -> dict[str, Any]:
+        """``files`` with ``ops`` applied, in O(files + ops): folders and NFC forms are indexed once."""
+        folders: dict[str, int] = {}  # folder -> number of files under it
+
+        def index(path: str, delta: int) -> None:
+            i = path.find("/")
+            while i >= 0:
+                folder = path[:i]
+                folders[folder] = folders.get(folder, 0) + delta
+                if not folders[folder]:
+                    del folders[folder]
+                i = path.find("/", i + 1)
+
+        for p in files:
+            index(p, 1)
+        by_nfc = {nfc(p): p for p in files if not p.isascii()}
+        for op in ops:
+            if op.kind == "add":
+                path = check_upload_path(op.path)
+                if path in folders:
+                    raise BadRequest(f"Cannot add file {path!r}: a folder with this name exists.")
+                parents = ["/".join(path.split("/")[:i]) for i in range(1, path.count("/") + 1)]
+                if any(p in files for p in parents):
+                    raise BadRequest(f"Cannot add file {path!r}: one of its parent folders is a file.")
+                key = nfc(path)
+                twin = key if key != path and key in files else by_nfc.get(key)
+                if twin is not None and twin != path and twin in files:
+                    raise BadRequest(f"Cannot add file {path!r}: {twin!r} exists and differs only in Unicode "
+                                     "normalisation (NFC vs NFD); the two would be one file on macOS. "
+                                     "Delete one, or use the same spelling.")
+                if not path.isascii():
+                    by_nfc[key] = path
+                if path not in files:
+                    index(path, 1)
+                files[path] = op.entry
+            elif op.kind == "delete":
+                path = check_path(op.path)
+                if path not in files:
+                    raise EntryNotFound(f"A file with this name doesn't exist: {path}")
+                del files[path]
+                index(path, -1)
+                by_nfc.pop(nfc(path), None)
+            elif op.kind == "delete_folder":
+                path = check_path(op.path.rstrip("/"))
+                if path in folders:
+                    for p in [p for p in files if p.startswith(path + "/")]:
+                        del files[p]
+                        index(p, -1)
+                        by_nfc.pop(nfc(p), None)
+            else:
+                raise BadRequest(f"Unknown commit operation {op.kind!r}.")
+        return files
 
     def _parent_commit(self, repo: Repo, parent_commit: object) -> str:
         """The commit a ``parentCommit`` names: a full sha, or a unique prefix of 7+ hex digits (the shorthand
@@ -472,6 +659,7 @@ class Store:
             raise NotFound(f"Collection {slug} not found") from None
 
     def save_collection(self, collection: dict[str, Any]) -> None:
+        _mkdir(self._collection_path(collection["slug"]).parent)
         self._write_json(self._collection_path(collection["slug"]), collection)
 
     def delete_collection(self, slug: str) -> None:
