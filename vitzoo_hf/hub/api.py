@@ -615,9 +615,10 @@ class HubApp:
                             max_num_fields=_PATHS_INFO_LIMIT + 10)
         except ValueError:  # more fields than that
             raise BadRequest(f"Too many paths: ask for at most {_PATHS_INFO_LIMIT} per request.") from None
-        paths = list(dict.fromkeys(p.strip("/") for p in form.get("paths", [])))
-        if len(paths) > _PATHS_INFO_LIMIT:
-            raise BadRequest(f"Too many paths ({len(paths)}): ask for at most {_PATHS_INFO_LIMIT} per request.")
+        raw_paths = form.get("paths", [])
+        if len(raw_paths) > _PATHS_INFO_LIMIT:
+            raise BadRequest(f"Too many paths ({len(raw_paths)}): ask for at most {_PATHS_INFO_LIMIT} per request.")
+        paths = list(dict.fromkeys(p.strip("/") for p in raw_paths))
         dirs = self._dir_oids(repo, commit)
         out = []
         for path in paths:

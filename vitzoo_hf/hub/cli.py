@@ -24,8 +24,11 @@ def add_hub_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8470, help="port (default: 8470; 0 picks a free one)")
     serve.add_argument("--token", action="append", default=[],
-                       help=f"write token (repeatable; also read from ${TOKENS_ENV}, comma-separated). "
-                            "One is generated and printed if none is given.")
+                       help="write token (repeatable). Discouraged: argv is visible to every user in `ps`; use "
+                            f"--token-file or ${TOKENS_ENV} (comma-separated) instead. One is generated and printed "
+                            "if none is given.")
+    serve.add_argument("--token-file", action="append", default=[], metavar="PATH",
+                       help="read write tokens from PATH, one per line (repeatable; '#' starts a comment)")
     serve.add_argument("--user", default="vitzoo", help="user name reported to clients (default: vitzoo)")
     serve.add_argument("--org", action="append", default=None,
                        help="an organisation the user belongs to (repeatable); when given, repos can only be "
@@ -58,7 +61,11 @@ def run_serve(args: argparse.Namespace) -> None:
         print(f"WARNING: serving on {args.host}: anyone who can reach this address can read public repos.",
               file=sys.stderr)
     tokens = [t.strip() for t in args.token if t.strip()]
+    if tokens:
+        print(f"WARNING: --token puts the token in the command line, which every user of this machine can read "
+              f"(ps, /proc): prefer --token-file PATH or ${TOKENS_ENV}.", file=sys.stderr)
     tokens += [t.strip() for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
+    tokens += read_token_files(args.token_file)
     generated = None
     if not tokens:
         generated = secrets.token_urlsafe(24)
@@ -79,6 +86,23 @@ def run_serve(args: argparse.Namespace) -> None:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+def read_token_files(paths: list[str]) -> list[str]:
+    """Tokens from files, one per line; a missing or empty file is a clear error, never a silent default."""
+    tokens = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                found = [line.split("#", 1)[0].strip() for line in f]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ZooError(f"--token-file {path}: cannot read it ({getattr(e, 'strerror', None) or e}); give a "
+                           "readable file with one token per line.") from None
+        found = [t for t in found if t]
+        if not found:
+            raise ZooError(f"--token-file {path} has no token: write one token per line.")
+        tokens += found
+    return tokens
 
 
 def main(argv: list[str] | None = None) -> int:

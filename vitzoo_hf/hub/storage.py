@@ -79,7 +79,9 @@ from .names import (
 
 CHUNK = 1 << 20
 COMMIT_CACHE_BYTES = 64 << 20
-"""Budget of the commit cache, in bytes of commit JSON (a 20k-file snapshot is about 3 MiB of JSON)."""
+"""Budget of the commit cache in estimated bytes of memory: 3 x the commit's JSON (measured: 2.8 x for a 20k-file
+snapshot, 3.4 MB of JSON, 9.5 MB parsed)."""
+_PARSED_PER_JSON_BYTE = 3
 DIR_MODE = 0o700
 FILE_MODE = 0o600
 DEFAULT_BRANCH = "main"
@@ -456,7 +458,7 @@ class Store:
         except FileNotFoundError:
             raise RevisionNotFound(f"Commit {commit_id} not found in {repo.id}") from None
         commit = json.loads(raw)
-        self._cache_put(key, commit, len(raw))
+        self._cache_put(key, commit, _PARSED_PER_JSON_BYTE * len(raw))
         return commit
 
     def resolve(self, repo: Repo, rev: str) -> str:
@@ -501,7 +503,7 @@ class Store:
             parent = self.read_commit(repo, commit["parents"][0])["files"] if commit["parents"] else {}
             meta = self._meta(commit, self._changed(parent, commit["files"]))
             raw = json.dumps(meta).encode()
-        self._cache_put(key, meta, len(raw))
+        self._cache_put(key, meta, _PARSED_PER_JSON_BYTE * len(raw))
         return meta
 
     @staticmethod
@@ -514,7 +516,7 @@ class Store:
 
     def _cache_put(self, key: tuple[str, str], value: dict[str, Any], size: int) -> None:
         with self._cache_guard:
-            if key not in self._commit_cache and size <= COMMIT_CACHE_BYTES // 4:
+            if key not in self._commit_cache and size <= COMMIT_CACHE_BYTES // 2:
                 self._commit_cache[key] = (value, size)
                 self._cache_bytes += size
             while self._cache_bytes > COMMIT_CACHE_BYTES and self._commit_cache:
