@@ -148,6 +148,25 @@ def test_last_commit_per_path_matches_history(hub):  # noqa: F811
     assert {e.path: e.last_commit.title for e in info} == {"a": "c1", "a/x.txt": "c0", "c.txt": "c2"}
 
 
+def test_last_commits_of_a_store_made_before_commit_metadata(tmp_path, hf_cache):  # noqa: F811
+    """Commits without a ``.meta`` file (older stores) are diffed once and give the same answer."""
+    root = tmp_path / "store"
+    with local_hub(root) as h:
+        HfApi().create_repo(REPO)
+        for i, path in enumerate(["a/x.txt", "b.txt", "a/y.txt"]):
+            assert _commit_raw(h, REPO, _file_op(path), summary=f"c{i}")[0] == 200
+        before = {e.path: e.last_commit.title for e in HfApi().list_repo_tree(REPO, recursive=True, expand=True)}
+    metas = list(root.rglob("*.meta"))
+    assert len(metas) == 4
+    for m in metas:
+        m.unlink()
+    with local_hub(root):
+        after = {e.path: e.last_commit.title for e in HfApi().list_repo_tree(REPO, recursive=True, expand=True)}
+    assert after == before == {".gitattributes": "initial commit", "a": "c2", "a/x.txt": "c0", "a/y.txt": "c2",
+                               "b.txt": "c1"}
+    assert len(list(root.rglob("*.meta"))) == 4  # written back: computed once per store
+
+
 def test_a_chunked_lfs_upload_stops_at_the_signed_size(hub):  # noqa: F811
     HfApi().create_repo(REPO)
     data = b"ten bytes!"

@@ -503,6 +503,8 @@ class Store:
             parent = self.read_commit(repo, commit["parents"][0])["files"] if commit["parents"] else {}
             meta = self._meta(commit, self._changed(parent, commit["files"]))
             raw = json.dumps(meta).encode()
+            with contextlib.suppress(OSError):  # derived from immutable commits: computed once per store
+                self._write_json(repo.dir / "commits" / f"{commit_id}.meta", meta)
         self._cache_put(key, meta, _PARSED_PER_JSON_BYTE * len(raw))
         return meta
 
