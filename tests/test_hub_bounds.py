@@ -36,7 +36,7 @@ def _build(root) -> list[str]:
             data = f"content {i}\n".encode()
             sha, size = store.put_blob(data, sync=False)
             entries.append(make_entry(sha, size, False, git_blob_sha1(data)))
-        store.sync()
+        store.sync(e["sha256"] for e in entries)
         card = (b"---\nlicense: mit\ndate: 2024-01-01\ntags: [zoo]\n---\n# big\n")
         sha, size = store.put_blob(card)
         ops = [Op("add", f"d{i % 100}/s{i % 7}/f{i}.txt", entries[i % 100]) for i in range(N_FILES)]

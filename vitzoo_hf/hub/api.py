@@ -727,7 +727,7 @@ class HubApp:
             raise BadRequest("Pull requests are not supported by this hub; commit to a branch instead.")
         header: dict[str, Any] = {}
         ops: list[Op] = []
-        unsynced = False
+        unsynced: list[str] = []
         for line in _ndjson_lines(req, _NDJSON_LINE_LIMIT):
             if not line.strip():
                 continue
@@ -751,8 +751,9 @@ class HubApp:
                     data = base64.b64decode(_field(value, "content", str, "", "'file' line"), validate=True)
                 except (binascii.Error, ValueError):
                     raise BadRequest(f"Invalid base64 content for {path}.") from None
-                if self.store.blob_size(hashlib.sha256(data).hexdigest()) != len(data):
-                    unsynced = True
+                sha = hashlib.sha256(data).hexdigest()
+                if self.store.blob_size(sha) != len(data):
+                    unsynced.append(sha)
                 sha, size = self.store.put_blob(data, sync=False)
                 ops.append(Op("add", path, make_entry(sha, size, False, git_blob_sha1(data))))
             elif key == "lfsFile":
@@ -772,7 +773,7 @@ class HubApp:
             else:
                 raise BadRequest(f"Unsupported commit operation {key!r}.")
         if unsynced:
-            self.store.sync()
+            self.store.sync(unsynced)
         summary = str(header.get("summary") or "Commit")
         commit_id = self.store.commit(repo, branch, ops, summary, str(header.get("description") or ""),
                                       self.user, header.get("parentCommit"))
