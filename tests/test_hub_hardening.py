@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 import unicodedata
 from pathlib import Path
 
@@ -124,6 +125,20 @@ def test_validate_yaml_refuses_a_huge_body(hub):  # noqa: F811
     body = json.dumps({"content": "x" * (8 << 20)}).encode()
     answer = _send_while_reading(hub.endpoint, "POST", "/api/validate-yaml", body, {"Content-Type": "application/json"})
     assert answer.startswith(b"HTTP/1.1 413") and b"limit" in answer, answer[:300]
+
+
+def test_json_bodies_are_bounded_by_their_number_of_values(hub):  # noqa: F811
+    """1 MiB of ``[[],[],...]`` is ~60 MB of Python lists: refused while decoding, memory stays near the input."""
+    bomb = b'{"content": "", "x": [' + b"[]," * 340_000 + b"[]]}"
+    tracemalloc.start()
+    try:
+        status, _, data = raw_request(hub.endpoint, "POST", "/api/validate-yaml", bomb,
+                                      {"Content-Type": "application/json"})
+        peak = tracemalloc.get_traced_memory()[1]  # the hub runs in this process: its allocations are traced
+    finally:
+        tracemalloc.stop()
+    assert status == 413 and b"JSON values" in data, (status, data[:200])
+    assert peak < 12 * len(bomb), f"{peak >> 20} MiB traced for a {len(bomb) >> 10} KiB body"
 
 
 WRITE_ROUTES = [

@@ -7,9 +7,11 @@ Cost bounds (no request without a token may cost more than a small, fixed amount
 
 * the token is checked before any body is read, on every write route;
 * JSON bodies are read only with a JSON ``Content-Type`` (a web page can POST ``text/plain`` to localhost without
-  a CORS preflight, but not ``application/json``), up to :data:`_JSON_BODY_LIMIT` bytes (413 above), and must be
-  an object; nesting too deep for the parser is a 400;
-* ``/api/validate-yaml`` takes cards up to ``cards.MAX_CARD_BYTES`` and parses them with the bounded loader;
+  a CORS preflight, but not ``application/json``), up to :data:`_JSON_BODY_LIMIT` bytes (413 above), must be an
+  object, and are decoded with a cap on the number of values (:func:`_parse_json`), so ``[[],[],...]`` cannot
+  turn 1 MiB into 60 MB of lists; nesting too deep is a 400;
+* ``/api/validate-yaml`` takes bodies up to :data:`_VALIDATE_YAML_LIMIT` with at most a few JSON values and parses
+  only the front matter, with the bounded loader (``cards.load_yaml_bounded``);
 * ``paths-info`` takes at most :data:`_PATHS_INFO_LIMIT` paths and answers in O(paths) (folders are indexed once
   per commit);
 * ``lastCommit`` (``tree?expand=true``, ``paths-info`` with ``expand``) is one pass over commit metadata, never
@@ -60,7 +62,9 @@ _COLLECTION_ITEM_TYPES = ("model", "dataset", "space", "paper", "collection")
 _NDJSON_LINE_LIMIT = 32 << 20  # a regular (non-LFS) file is < 10 MB, i.e. < 13.4 MB of base64
 _JSON_BODY_LIMIT = 1 << 20
 _UPLOAD_JSON_LIMIT = 8 << 20  # preupload and LFS batch: clients send 256 files per request, ~1 KiB each
-_VALIDATE_YAML_LIMIT = 4 * cards.MAX_CARD_BYTES  # JSON escaping can triple a card's size
+_VALIDATE_YAML_LIMIT = 4 << 20  # the whole README travels; only its front matter is parsed (bounded)
+_JSON_VALUES = 200_000  # values in one JSON body (256 preupload files are ~1,300)
+_NDJSON_VALUES = 1_000  # values in one NDJSON commit line (an operation has a handful)
 _FORM_LIMIT = 1 << 20
 _PATHS_INFO_LIMIT = 1000
 _HISTORY_LIMIT = 500
@@ -99,7 +103,40 @@ def _read_body(req: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def _json_body(req: Request, limit: int = _JSON_BODY_LIMIT) -> dict[str, Any]:
+class _TooManyValues(ValueError):
+    pass
+
+
+def _parse_json(raw: bytes, max_values: int, what: str = "Request body") -> Any:
+    """``json.loads`` that refuses (400) more than ``max_values`` values: memory stays a small multiple of the
+    input whatever its shape. Strings are still decoded by the C ``scanstring``, so big string values are fast."""
+    decoder = json.JSONDecoder()
+    count = 0
+
+    def counted(scan_once: Any) -> Any:
+        def scan(s: str, idx: int) -> Any:
+            nonlocal count
+            count += 1
+            if count > max_values:
+                raise _TooManyValues
+            return scan_once(s, idx)
+        return scan
+
+    decoder.parse_array = lambda s_end, scan_once, *a: json.decoder.JSONArray(s_end, counted(scan_once), *a)
+    decoder.parse_object = lambda s_end, strict, scan_once, *a: json.decoder.JSONObject(
+        s_end, strict, counted(scan_once), *a)
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    try:
+        return decoder.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+    except _TooManyValues:
+        raise PayloadTooLarge(f"{what} has more than {max_values} JSON values.") from None
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"{what} is not valid JSON.") from None
+    except RecursionError:
+        raise BadRequest(f"{what} is nested too deeply.") from None
+
+
+def _json_body(req: Request, limit: int = _JSON_BODY_LIMIT, max_values: int = _JSON_VALUES) -> dict[str, Any]:
     """A JSON object body (an empty body is ``{}``); only with a JSON Content-Type, never more than ``limit``."""
     has_body = req.headers.get("Content-Length") not in (None, "0") or req.headers.get("Transfer-Encoding")
     if has_body and not _is_json_type(req.headers.get("Content-Type")):
@@ -108,12 +145,7 @@ def _json_body(req: Request, limit: int = _JSON_BODY_LIMIT) -> dict[str, Any]:
     raw = _read_body(req, limit)
     if not raw.strip():
         return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("Request body is not valid JSON.") from None
-    except RecursionError:
-        raise BadRequest("Request body is nested too deeply.") from None
+    body = _parse_json(raw, max_values)
     if not isinstance(body, dict):
         raise BadRequest(f"Request body must be a JSON object, not {type(body).__name__}.")
     return body
@@ -350,9 +382,11 @@ class HubApp:
             return hit
         readme = commit["files"].get("README.md")
         card: dict[str, Any] = {}
-        if isinstance(readme, dict) and readme.get("size", cards.MAX_CARD_BYTES + 1) <= cards.MAX_CARD_BYTES:
-            try:
-                card = cards.parse_card(self.store.read_blob(readme["sha256"]).decode("utf-8", "replace"))
+        if isinstance(readme, dict):
+            try:  # only the head: a front matter longer than the bound is refused anyway
+                with self.store.open_blob(readme["sha256"]) as f:
+                    head = f.read(cards.MAX_METADATA_BYTES + 4096)
+                card = cards.parse_card(head.decode("utf-8", "replace"))
             except (OSError, HubError, KeyError, TypeError):
                 card = {}
         try:
@@ -459,13 +493,8 @@ class HubApp:
     def _validate_yaml(self, req: Request) -> Response:
         """No token needed (the client calls it before every README commit), so bounded: body size, card size,
         YAML size, depth, node count and no aliases (``cards.load_yaml_bounded``)."""
-        body = _json_body(req, _VALIDATE_YAML_LIMIT)
-        content = _field(body, "content", str, "")
-        if len(content.encode("utf-8", "surrogatepass")) > cards.MAX_CARD_BYTES:
-            errors = [f"README.md is larger than {cards.MAX_CARD_BYTES >> 10} KiB: move long content to other "
-                      "files of the repo."]
-        else:
-            errors = cards.validate_card_yaml(content)
+        body = _json_body(req, _VALIDATE_YAML_LIMIT, max_values=100)
+        errors = cards.validate_card_yaml(_field(body, "content", str, ""))
         payload = {"errors": [{"message": e} for e in errors], "warnings": []}
         return json_response(payload, 400 if errors else 200)
 
@@ -731,10 +760,7 @@ class HubApp:
         for line in _ndjson_lines(req, _NDJSON_LINE_LIMIT):
             if not line.strip():
                 continue
-            try:
-                item = json.loads(line)
-            except (ValueError, UnicodeDecodeError, RecursionError):
-                raise BadRequest("Invalid NDJSON commit line: each line must be a JSON object.") from None
+            item = _parse_json(line, _NDJSON_VALUES, "An NDJSON commit line")
             if not isinstance(item, dict) or not isinstance(item.get("key"), str):
                 raise BadRequest("Invalid NDJSON commit line: expected {\"key\": ..., \"value\": {...}}.")
             key = item["key"]

@@ -20,8 +20,6 @@ import yaml
 LFS_SIZE_THRESHOLD = 10 * 1000 * 1000
 BASE_MODEL_RELATIONS = ("finetune", "adapter", "merge", "quantized")
 
-MAX_CARD_BYTES = 1 << 20
-"""A README larger than this is not parsed for metadata (and /api/validate-yaml refuses it)."""
 MAX_METADATA_BYTES = 256 << 10
 """The YAML front matter of a card: model-index blocks of real cards are tens of KiB."""
 MAX_YAML_DEPTH = 64
