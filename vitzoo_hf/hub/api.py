@@ -28,6 +28,7 @@ import binascii
 import errno
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import secrets
@@ -338,8 +339,9 @@ class HubApp:
             repo_type, repo = repo.type, repo.id
         return f"{req.base_url}/{'datasets/' if repo_type == 'dataset' else ''}{repo}"
 
-    def _paginate(self, req: Request, items: list[Any], page_size: int | None = None) -> Response:
-        """One page plus an absolute ``Link: <next>; rel="next"`` that repeats every query parameter."""
+    def _paginate(self, req: Request, items: Iterable[Any], page_size: int | None = None) -> Response:
+        """One page plus an absolute ``Link: <next>; rel="next"`` that repeats every query parameter. ``items`` may
+        be a lazy iterable (history): only what the page needs is consumed."""
         size = max(1, page_size or self.page_size)
         try:
             offset = _ascii_int(base64.urlsafe_b64decode((req.q("cursor") or "MA==").encode()).decode())
@@ -347,9 +349,10 @@ class HubApp:
             offset = None
         if offset is None:
             raise BadRequest("Invalid pagination cursor.")
-        page = items[offset: offset + size]
+        head = list(itertools.islice(items, offset + size + 1))
+        page = head[offset: offset + size]
         headers = {}
-        if offset + size < len(items):
+        if len(head) > offset + size:
             cursor = base64.urlsafe_b64encode(str(offset + size).encode()).decode()
             params = [(k, v) for k, vs in req.query.items() if k != "cursor" for v in vs] + [("cursor", cursor)]
             headers["Link"] = f'<{req.base_url}{req.raw_path}?{urlencode(params)}>; rel="next"'
@@ -660,14 +663,16 @@ class HubApp:
 
     def _commits(self, req: Request, repo: Repo, rev: str) -> Response:
         formatted = "formatted" in req.qlist("expand")
-        out = []
-        for c in self.store.history(repo, self.store.resolve(repo, rev)):
-            item = {"id": c["id"], "title": c["title"], "message": c["message"], "date": c["date"],
-                    "authors": [{"user": c["author"]}]}
-            if formatted:
-                item["formatted"] = {"title": c["title"], "message": c["message"]}
-            out.append(item)
-        return self._paginate(req, out, min(self.page_size, 50))
+
+        def items() -> Iterator[dict[str, Any]]:  # lazy: a page reads only the history it shows
+            for c in self.store.history(repo, self.store.resolve(repo, rev)):
+                item = {"id": c["id"], "title": c["title"], "message": c["message"], "date": c["date"],
+                        "authors": [{"user": c["author"]}]}
+                if formatted:
+                    item["formatted"] = {"title": c["title"], "message": c["message"]}
+                yield item
+
+        return self._paginate(req, items(), min(self.page_size, 50))
 
     # ------------------------------------------------------------------------------------------ uploads
     def _preupload(self, req: Request, repo: Repo, rev: str) -> Response:
