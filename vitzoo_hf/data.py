@@ -367,7 +367,8 @@ def _stream_columns(ds: IterableDataset, source: str) -> tuple[str, str, list[st
     return image, label, names
 
 
-def _normalise_stream(splits: dict[str, IterableDataset], source: str, name: str) -> Streams:
+def _normalise_stream(splits: dict[str, IterableDataset], source: str, name: str,
+                      names: list[str] | None = None) -> Streams:
     from datasets import Image
 
     if "train" not in splits:
@@ -376,7 +377,7 @@ def _normalise_stream(splits: dict[str, IterableDataset], source: str, name: str
     if val_key is None:
         raise ZooError(f"streamed data set '{source}' has no validation split (it has {list(splits)}); a stream "
                        "cannot be split reproducibly: add validation shards, or set dataset.streaming: false")
-    out, names = {}, None
+    out = {}
     for split, key in (("train", "train"), ("validation", val_key)):
         ds = splits[key]
         image, label, split_names = _stream_columns(ds, source)
@@ -394,7 +395,8 @@ def _normalise_stream(splits: dict[str, IterableDataset], source: str, name: str
     if names is None:
         raise ZooError(f"data set '{source}' has integer labels but no class names, so the class count is unknown; "
                        "declare the label column as a class_label with its names in the data set card "
-                       "(dataset_info.features), as `datasets` writes it")
+                       "(dataset_info.features), as `datasets` writes it; for local shards (wds:PATH) a classes.txt "
+                       "beside them, one class name per line, also does")
     return Streams(out["train"], out["validation"], names, source)
 
 
@@ -416,12 +418,14 @@ def load_streams(name: str) -> Streams:
         if not root.is_dir() or not any(root.rglob("*.tar")):
             raise ZooError(f"'{root}' holds no WebDataset shards (*.tar); give a folder of shards named like "
                            "train-0000.tar and validation-0000.tar, or with train/ and validation/ sub-folders")
-        try:
-            splits = dict(load_dataset("webdataset", data_dir=str(root), streaming=True))
+        try:  # as a local repo: a README's dataset_info (e.g. of a downloaded Hub copy) declares the classes
+            splits = dict(load_dataset(str(root), streaming=True))
         except Exception as err:
             raise ZooError(f"WebDataset shards in '{root}' could not be read ({type(err).__name__}: "
                            f"{str(err)[:300]}); name them by split (train-0000.tar, validation-0000.tar)") from None
-        return _normalise_stream(splits, name, name)
+        classes = root / "classes.txt"
+        names = [n.strip() for n in classes.read_text().splitlines() if n.strip()] if classes.is_file() else None
+        return _normalise_stream(splits, name, name, names)
     if name.startswith("folder:"):
         from datasets import IterableDatasetDict
 
