@@ -150,14 +150,16 @@ def collate_views(items: list[tuple[tuple[torch.Tensor, torch.Tensor], int]]) ->
 
 
 def default_num_workers(jobs: int = 1) -> int:
-    """Loader workers when none are set. With a CUDA GPU: this job's share of the usable cores minus the one that
-    drives the GPU, at most 8 (decoding and augmentation run beside the training step). CPU only: 0, since the
-    training step there is many times slower than the pipeline (benchmarks/throughput.py) and workers would only
-    take cores from its torch threads."""
+    """Loader workers per process when none are set. With a CUDA GPU: this job's share of the usable cores,
+    divided among this machine's processes of the run (LOCAL_WORLD_SIZE, set by `accelerate launch` and
+    torchrun), minus the one that drives the GPU, at most 8. CPU only: 0, since the training step there is many
+    times slower than the pipeline (benchmarks/throughput.py) and workers would only take cores from its torch
+    threads."""
     if not torch.cuda.is_available():
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(8, cores // max(jobs, 1) - 1))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(0, min(8, cores // max(jobs * local, 1) - 1))
 
 
 def train_eval_indices(n: int, train_max: int | None) -> list[int]:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator
+from functools import cache
 from typing import Any
 
 import torch
@@ -153,10 +154,24 @@ def lockstep(loader: DataLoader, accelerator) -> Iterator[tuple[tuple, int]]:
         n = 0 if batch is None else len(batch[-1])
         total = n
         if accelerator.num_processes > 1:
-            total = int(accelerator.reduce(torch.tensor([n], device=accelerator.device), "sum").item())
+            import torch.distributed as dist
+
+            count = torch.tensor([n])
+            dist.all_reduce(count, group=_host_group())  # on the CPU: waiting on it never waits for the GPU
+            total = int(count.item())
         if total == 0:
             return
         yield (batch if batch is not None else loader.empty()), total
+
+
+@cache
+def _host_group():
+    """A gloo process group for the per-step example counts (NCCL's would need a GPU tensor and a device sync, which
+    would stop the CPU from queueing the next step while the GPU runs this one). Made on first use, by every rank
+    in the same lockstep call."""
+    import torch.distributed as dist
+
+    return None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
 
 
 def step_weight(local: int, total: int, processes: int) -> float:
