@@ -218,14 +218,16 @@ class DeviceFinish:
     """The per-batch half on the device: uint8 -> float in [0, 1], normalise, random erasing with per-image boxes
     (pixels replaced by standard normal noise, as torchvision's value='random')."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], vectorized: bool | None = None):
         self.mean, self.std = list(mean), list(std)
+        self.vectorized = vectorized  # None: by device (a loop over the boxes on the CPU, masks elsewhere)
 
     def __call__(self, x: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1) * 255
         std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1) * 255
         x = x.to(torch.float32).sub_(mean).div_(std)  # == Normalize(ToDtype(x, scale=True)), in one pass
-        if x.device.type == "cpu":  # noise only where it goes (about p of the batch)
+        if not (self.vectorized if self.vectorized is not None else x.device.type != "cpu"):
+            # noise only where it goes (about p of the batch)
             for i, (top, left, h, w) in enumerate(boxes.tolist()):
                 if top >= 0:
                     x[i, :, top:top + h, left:left + w] = torch.randn((x.shape[1], h, w))
