@@ -113,13 +113,14 @@ class StreamImages(IterableDataset):
         yield from pool
 
     def __iter__(self) -> Iterator[tuple[Any, int, int]]:
-        state = torch.default_generator.get_state()
-        try:
-            for key, row in self.keyed():
+        for key, row in self.keyed():
+            state = torch.default_generator.get_state()  # the caller's generator is left as it was (0 workers:
+            try:  # the training loop's own draws must not depend on the loader)
                 torch.default_generator.manual_seed(sample_seed(self.seed, key))
-                yield self.transform(row["image"]), int(row["label"]), key
-        finally:
-            torch.default_generator.set_state(state)
+                out = self.transform(row["image"])
+            finally:
+                torch.default_generator.set_state(state)
+            yield out, int(row["label"]), key
 
 
 def keyed_collate(inner: Callable) -> Callable:
