@@ -15,15 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from hub_fixtures import hf_cache, hub  # noqa: F401
 from PIL import Image as PILImage
+from transformers import AutoModelForImageClassification
 
 from vitzoo_hf import layout
 from vitzoo_hf.blueprint import expand, load_blueprint
-from vitzoo_hf.data import load_splits, load_streams
+from vitzoo_hf.data import load_splits, load_streams, validation_labels_and_names
 from vitzoo_hf.decode import open_image
 from vitzoo_hf.errors import ZooError
+from vitzoo_hf.recipe import image_transforms
 from vitzoo_hf.streaming import StreamImages, keyed_collate, stream_loader
 from vitzoo_hf.training import train_model
 
@@ -157,7 +160,8 @@ def test_generate_streams_both_repos_with_two_processes(hub, tmp_path):  # noqa:
                            "--num-processes", "2", "--num-workers", "1"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    backbone, child = expand(load_blueprint(bp_path))
+    bp = load_blueprint(bp_path)
+    backbone, child = expand(bp)
     for spec, n_val, classes in ((backbone, sum(WDS_VAL), 1000), (child, 16, 100)):
         path = layout.model_dir(out, spec)
         config = json.loads((path / layout.CONFIG_FILE).read_text())
@@ -171,7 +175,19 @@ def test_generate_streams_both_repos_with_two_processes(hub, tmp_path):  # noqa:
         preds = layout.checkpoint_dir(path, spec.epochs) / layout.PREDICTIONS_FILE
         from safetensors.torch import load_file
 
-        assert load_file(str(preds))["predictions"].shape == (n_val,)
+        stored = load_file(str(preds))["predictions"]
+        labels, _ = validation_labels_and_names(config["recipe"]["dataset"])  # what publishing pairs them with
+        assert stored.shape == (n_val,) and len(labels) == n_val
+        acc = float((stored.long() == torch.tensor(labels)).float().mean())
+        assert acc == pytest.approx(rows[-1]["validation_accuracy"])
+        # stored in data-set order: re-evaluate the checkpoint in one process over the unsplit stream
+        model = AutoModelForImageClassification.from_pretrained(layout.checkpoint_dir(path, spec.epochs)).eval()
+        stage = bp.pretraining if spec.stage == "pretraining" else bp.finetuning
+        aug = bp.finetuning.augmentation if spec.stage == "finetuning" else bp.pretraining.tasks.supervised.augmentation
+        _, eval_tf = image_transforms(bp, aug)
+        images = [eval_tf(open_image(r["image"])) for r in load_streams(stage.dataset.name).validation]
+        with torch.no_grad():
+            assert torch.equal(model(pixel_values=torch.stack(images)).logits.argmax(-1), stored.long())
         ckpt = json.loads((layout.checkpoint_dir(path, spec.epochs) / "config.json").read_text())
         assert len(ckpt["id2label"]) == classes  # imagenet-1k: timm's 1000 class indices; CIFAR-100: fine labels
 

@@ -433,3 +433,14 @@ def load_streams(name: str) -> Streams:
         return _normalise_stream(dict(IterableDatasetDict({k: v.to_iterable_dataset() for k, v in dd.items()})),
                                  name, name)
     raise ZooError(f"data set '{name}' does not stream (it is small and bundled here); set dataset.streaming: false")
+
+
+def validation_labels_and_names(dataset: dict) -> tuple[list[int], list[str]]:
+    """The validation labels in data-set order (the order of a model's stored predictions) and the class names,
+    for a model's recorded `recipe.dataset`: streamed data sets are read as streams (labels only are kept)."""
+    name, streaming = dataset["name"], dataset.get("streaming")
+    if streaming if streaming is not None else streams_by_default(name):
+        streams = load_streams(name)
+        return [int(r["label"]) for r in streams.validation.select_columns(["label"])], streams.names
+    splits = load_splits(name, None, dataset.get("max_validation"), dataset.get("validation_labels"))
+    return [int(x) for x in splits["validation"]["label"]], class_names(splits)

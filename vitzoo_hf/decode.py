@@ -185,14 +185,23 @@ class FastTrain:
                 out = TF.rotate(out, plan.angle, interpolation=v2.InterpolationMode.NEAREST)
         return out
 
-    def decode(self, pil: PILImage.Image, plan: Plan) -> torch.Tensor:
-        """Decode an opened (not yet loaded) image on the CPU, a JPEG at the smallest libjpeg DCT scale (1/2, 1/4,
-        1/8) that keeps the crop at least as large as the output, so no detail the resize keeps is lost."""
+    def decode(self, pil: PILImage.Image, plan: Plan, blob: bytes | None = None) -> torch.Tensor:
+        """Decode an opened (not yet loaded) image on the CPU: a JPEG whose crop shrinks at least 2x at the
+        smallest libjpeg DCT scale (1/2, 1/4, 1/8) that keeps the crop at least as large as the output (PIL's
+        `draft`), so no detail the resize keeps is lost; other JPEGs at full size with torchvision's libjpeg
+        decoder (no PIL image or copy in between); other formats through PIL."""
+        from torchvision.io import ImageReadMode, decode_jpeg
+
         _, _, h, w = plan.box
         factor = min(h, w) / self.size  # how much the resize shrinks the crop
-        if factor >= 2 and pil.format == "JPEG":
+        if pil.format == "JPEG" and factor >= 2:
             height, width = plan.size
             pil.draft("RGB", (math.ceil(width / factor), math.ceil(height / factor)))
+        elif pil.format == "JPEG" and blob is not None:
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(blob), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            except RuntimeError:  # a JPEG libjpeg's torchvision build refuses: PIL below
+                pass
         return TF.pil_to_tensor(pil.convert("RGB"))
 
     def __call__(self, image: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,7 +210,7 @@ class FastTrain:
         if pil is None:
             pil = PILImage.open(io.BytesIO(blob))  # reads the header only: the size, no pixels yet
         plan = self.plan(pil.height, pil.width)
-        return self.render(self.decode(pil, plan), plan), torch.tensor(plan.erase, dtype=torch.int16)
+        return self.render(self.decode(pil, plan, blob), plan), torch.tensor(plan.erase, dtype=torch.int16)
 
     def finisher(self) -> DeviceFinish:
         return DeviceFinish(self.mean, self.std)
