@@ -16,7 +16,8 @@ records both counts and a resume must use the same ones.
 
 Processes may end an epoch with different numbers of examples (shards differ in size). `lockstep` keeps them in
 step: each step every process says how many examples it has (one all-reduce of one integer); a process whose
-streams are done takes part with an empty batch until every process is, so DDP's collectives never wait and the
+streams are done takes part with one padding image (key -1, weight 0) until every process is, so DDP's collectives
+never wait and the
 loss of each step is weighted by its share of the global batch (`step_weight`).
 
 Resume: checkpoints are written at epoch ends, so an interrupted epoch is rerun from its start: its order is a
@@ -145,14 +146,15 @@ def stream_loader(ds: StreamImages, batch_size: int, collate: Callable, num_work
 
 def lockstep(loader: DataLoader, accelerator) -> Iterator[tuple[tuple, int]]:
     """(batch, examples in this step across all processes) until every process's loader is exhausted; a process
-    that is done yields `loader.empty()`. One all-reduce of one integer per step."""
+    that is done yields `loader.empty()`, one padding image with key -1 (a ViT cannot run on 0 images). One
+    all-reduce of one integer per step."""
     it, done = iter(loader), False
     while True:
         batch = None
         if not done:
             batch = next(it, None)
             done = batch is None
-        n = 0 if batch is None else len(batch[-1])
+        n = 0 if batch is None else int((batch[-1] >= 0).sum())
         total = n
         if accelerator.num_processes > 1:
             import torch.distributed as dist
@@ -187,14 +189,15 @@ def streamed_loaders(bp, aug, streams, batch_size: int, rank: int, world: int, n
     data-set order by key) of a streamed data set for this process; plus the FastTrain plan (or None)."""
     import math
 
-    from vitzoo_hf.decode import collate_device, collate_fast, open_image, pipeline_transform
+    from vitzoo_hf.decode import NO_BOX, Plan, collate_device, collate_fast, open_image, pipeline_transform
     from vitzoo_hf.recipe import collate_supervised, collate_views, contrastive_views, image_transforms
 
     size = bp.architecture.image_size
-    none = torch.zeros(0, dtype=torch.long)
+    none = torch.zeros(1, dtype=torch.long)
+    pad = torch.full((1,), -1, dtype=torch.long)  # the padding image's key
 
     def images(dtype=torch.float32):
-        return torch.zeros((0, 3, size, size), dtype=dtype)
+        return torch.zeros((1, 3, size, size), dtype=dtype)
 
     train_max = bp.evaluation.train_max
     n = streams.train.n_shards
@@ -214,7 +217,7 @@ def streamed_loaders(bp, aug, streams, batch_size: int, rank: int, world: int, n
             return views(open_image(image))
 
         def empty():
-            return images(), images(), none
+            return images(), images(), pad
 
         loaders = {"train": make(streams.train, tf, True, collate_views, empty, batch_size),
                    "eval_train": make(streams.train, tf, False, collate_views, empty, batch_size, **eval_train),
@@ -222,15 +225,16 @@ def streamed_loaders(bp, aug, streams, batch_size: int, rank: int, world: int, n
         return loaders, None
     train_tf, eval_tf = image_transforms(bp, aug)
     transform, collate, fast = pipeline_transform(pipeline, train_tf)
-    empty_train = {collate_supervised: lambda: (images(), none, none),
-                   collate_fast: lambda: (images(torch.uint8), torch.zeros((0, 4), dtype=torch.int16), none, none),
-                   collate_device: lambda: ([], none, none)}[collate]
+    padding_plan = Plan((size, size), (0.0, 0.0, float(size), float(size)), False, 0.0, NO_BOX)
+    empty_train = {collate_supervised: lambda: (images(), none, pad),
+                   collate_fast: lambda: (images(torch.uint8), torch.tensor([NO_BOX], dtype=torch.int16), none, pad),
+                   collate_device: lambda: ([(images(torch.uint8)[0], padding_plan)], none, pad)}[collate]
 
     def ev(image):
         return eval_tf(open_image(image))
 
     def empty_eval():
-        return images(), none, none
+        return images(), none, pad
 
     eb = bp.evaluation.batch_size
     loaders = {"train": make(streams.train, transform, True, collate, empty_train, batch_size),

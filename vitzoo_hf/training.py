@@ -85,9 +85,10 @@ def train_step(model, optimizer, accelerator: Accelerator, x, soft_targets, labe
                weight: float = 1.0) -> torch.Tensor:
     """One supervised step on soft targets; the loss lives here: soft labels passed to a transformers model
     would flip it to multi-label BCE and save that in its config. `weight` scales this process's mean loss to its
-    share of an uneven global batch (streamed data, `streaming.step_weight`); an empty batch still takes part."""
+    share of an uneven global batch (streamed data, `streaming.step_weight`); weight 0 (a process whose streams
+    are done, stepping on a padding image) gives zero gradients, but DDP's all-reduce still happens."""
     logits = model(pixel_values=x).logits
-    if len(x) == 0:  # this process's streams are done: zero gradients, but DDP's all-reduce still happens
+    if weight == 0.0:
         loss = logits.sum() * 0.0
     else:
         loss = F.cross_entropy(logits, soft_targets, label_smoothing=label_smoothing)
@@ -99,15 +100,16 @@ def train_step(model, optimizer, accelerator: Accelerator, x, soft_targets, labe
     return loss.detach()
 
 
-def _embed(backbone, head, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both views through the backbone in one forward pass, CLS token through the projector."""
-    z = head(backbone(pixel_values=torch.cat([a, b])).last_hidden_state[:, 0])
-    return z.chunk(2)
+def _embed(backbone, head, a: torch.Tensor, b: torch.Tensor, keep: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Both views through the backbone in one forward pass, CLS token through the projector; only the first `keep`
+    images count (streamed data: a padding image keeps a finished process in DDP's step, contributing no rows)."""
+    z_a, z_b = head(backbone(pixel_values=torch.cat([a, b])).last_hidden_state[:, 0]).chunk(2)
+    return (z_a, z_b) if keep is None else (z_a[:keep], z_b[:keep])
 
 
-def contrastive_step(backbone, head, optimizer, accelerator, a, b, temperature):
+def contrastive_step(backbone, head, optimizer, accelerator, a, b, temperature, keep: int | None = None):
     """One SimCLR step: NT-Xent over the global batch (negatives gathered with gradients from all processes)."""
-    out = contrastive_loss(*_embed(backbone, head, a, b), temperature)
+    out = contrastive_loss(*_embed(backbone, head, a, b, keep), temperature)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(out.loss)
     optimizer.step()
@@ -152,9 +154,10 @@ def evaluate_supervised_stream(model, loader, accelerator) -> dict[str, Any]:
     model.eval()
     rows: list[tuple[int, float, int, int]] = []
     for (x, y, keys), _ in lockstep(loader, accelerator):
-        logits = model(pixel_values=x.to(accelerator.device)).logits
+        logits = model(pixel_values=x.to(accelerator.device)).logits  # a padding image (key -1) too: DDP's step
         loss = F.cross_entropy(logits, y.to(accelerator.device), reduction="none")
-        rows += zip(keys.tolist(), loss.cpu().tolist(), logits.argmax(-1).cpu().tolist(), y.tolist(), strict=True)
+        rows += [r for r in zip(keys.tolist(), loss.cpu().tolist(), logits.argmax(-1).cpu().tolist(), y.tolist(),
+                                strict=True) if r[0] >= 0]
     model.train()
     if accelerator.num_processes > 1:
         rows = gather_object(rows)
@@ -173,8 +176,8 @@ def evaluate_contrastive(backbone, head, loader, temperature) -> dict[str, Any]:
     backbone.eval()
     head.eval()
     loss_sum, correct, total, batches = 0.0, 0, 0, 0
-    for a, b in loader:
-        out = contrastive_loss(*_embed(backbone, head, a, b), temperature)
+    for a, b, *keep in loader:  # streamed batches carry how many images are real
+        out = contrastive_loss(*_embed(backbone, head, a, b, *keep), temperature)
         loss_sum, batches = loss_sum + out.loss.item(), batches + 1
         correct, total = correct + int(out.correct), total + out.total
     backbone.train()
@@ -485,17 +488,21 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
     label_smoothing = 0.0 if contrastive else aug.label_smoothing
 
     def batches(loader):
-        """A loader's training/evaluation batches on this process, with the step's global example count
-        (streamed: in lockstep across processes; map-style: every process holds a full batch)."""
+        """A loader's batches on this process with (examples in this step on all processes, on this one):
+        streamed, in lockstep across processes (a finished process steps on one padding image, key -1);
+        map-style, every process holds a full batch (None, None)."""
         if not streamed:
-            return ((b, None) for b in loader)
-        return (((*(t.to(accelerator.device) if torch.is_tensor(t) else t for t in b[:-1]),), total)
-                for b, total in lockstep(loader, accelerator))
+            return ((b, None, None) for b in loader)
+        return (((*(t.to(accelerator.device) if torch.is_tensor(t) else t for t in b[:-1]),), total,
+                 int((b[-1] >= 0).sum())) for b, total in lockstep(loader, accelerator))
 
     def evaluate_all() -> tuple[dict, dict]:
         if contrastive:
-            return (evaluate_contrastive(model, head, (b for b, _ in batches(eval_train)), temperature),
-                    evaluate_contrastive(model, head, (b for b, _ in batches(eval_val)), temperature))
+            def views(loader):
+                return ((*b, local) if streamed else b for b, _, local in batches(loader))
+
+            return (evaluate_contrastive(model, head, views(eval_train), temperature),
+                    evaluate_contrastive(model, head, views(eval_val), temperature))
         if streamed:
             return (evaluate_supervised_stream(model, eval_train, accelerator),
                     evaluate_supervised_stream(model, eval_val, accelerator))
@@ -512,13 +519,14 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             total, steps = torch.zeros((), device=accelerator.device), 0
             bar = tqdm(batches(train_loader), desc=f"{spec.name} {epoch}/{spec.epochs}", leave=False,
                        total=None if streamed else len(train_loader), disable=not (main and progress))
-            for batch, examples in bar:
+            for batch, examples, local in bar:
                 if contrastive:
-                    loss = contrastive_step(model, head, optimizer, accelerator, *batch, temperature).loss.detach()
+                    loss = contrastive_step(model, head, optimizer, accelerator, *batch, temperature,
+                                            local).loss.detach()
                 else:
                     x, y = finish(*batch)
-                    weight = 1.0 if examples is None else step_weight(len(y), examples, n_proc)
-                    x, soft = mix(x, y) if len(y) else (x, F.one_hot(y, len(labels)).float())
+                    weight = 1.0 if examples is None else step_weight(local, examples, n_proc)
+                    x, soft = mix(x, y) if weight else (x, F.one_hot(y, len(labels)).float())
                     loss = train_step(model, optimizer, accelerator, x, soft, label_smoothing, weight)
                 total, steps = total + loss.float(), steps + 1
             objective = accelerator.reduce(total, "mean").item() / max(steps, 1)
