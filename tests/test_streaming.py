@@ -298,3 +298,13 @@ def test_script_repo_gets_the_script_hint_not_log_in(hub, tmp_path):  # noqa: F8
     assert "accept its terms" not in str(err.value) and "hf:timm/imagenet-1k-wds" in str(err.value)
     with pytest.raises(ZooError, match="check the name"):
         load_streams("hf:nobody/missing")
+
+
+def test_step_weights_make_ddps_average_the_global_batch_mean():
+    from vitzoo_hf.streaming import step_weight
+
+    losses = [torch.rand(n) for n in (8, 3, 0)]  # per-example losses of three processes in one uneven step
+    total = sum(len(x) for x in losses)
+    ddp = sum(float(x.mean()) * step_weight(len(x), total, 3) if len(x) else 0.0 for x in losses) / 3
+    assert ddp == pytest.approx(float(torch.cat(losses).mean()))
+    assert step_weight(4, 8, 2) == 1.0  # even batches: the loss is untouched
