@@ -91,6 +91,10 @@ class DatasetRef:
     name: str
     max_train: int | None = None
     max_validation: int | None = None
+    # Read shards as training goes instead of loading an Arrow table first; null: yes for imagenet-1k and wds:PATH.
+    streaming: bool | None = None
+    # The labels of a flat ILSVRC validation folder (folder:PATH): the devkit (folder or .tar.gz) or FILE LABEL lines.
+    validation_labels: str | None = None
 
     def _check(self, path: str) -> None:
         from vitzoo_hf.data import check_dataset_name
@@ -102,6 +106,17 @@ class DatasetRef:
         for name in ("max_train", "max_validation"):
             if getattr(self, name) is not None:
                 _positive(self, name, path)
+        if self.is_streamed and (self.max_train or self.max_validation):
+            _fail(f"{path}.max_train", self.max_train or self.max_validation,
+                  "null with a streamed data set (a stream has no stratified subset); set streaming: false to cap it")
+        if self.streaming is False and self.name.startswith("wds:"):
+            _fail(f"{path}.streaming", False, "true or null for WebDataset shards (wds:PATH), which only stream")
+
+    @property
+    def is_streamed(self) -> bool:
+        from vitzoo_hf.data import streams_by_default
+
+        return self.streaming if self.streaming is not None else streams_by_default(self.name)
 
 
 @dataclass(frozen=True)
@@ -287,6 +302,10 @@ class Blueprint:
     # DataLoader worker processes per model (decoding and augmentation); null: from the CPU count. Not a
     # generating factor: results do not depend on it. `--num-workers` overrides it.
     num_workers: int | None = None
+    # Supervised training images (vitzoo_hf.decode): reference = decode, resize and augment every image in full on
+    # the CPU; fast = reduced-size JPEG decoding and uint8 geometry in the workers, the float work on the device
+    # batch; device = JPEGs decoded on the device too (nvJPEG on a CUDA GPU, else the CPU). Recorded per model.
+    input_pipeline: Literal["reference", "fast", "device"] = "reference"
     source: str = field(default="", compare=False)
 
     def _check(self, path: str) -> None:

@@ -272,12 +272,11 @@ def prediction_row(m: LocalModel, epoch: int, namespace: str | None) -> dict[str
 
 def validation_labels(dataset: dict[str, Any]) -> dict[str, Any]:
     """The validation labels a model's predictions refer to: the same split, cap and order training used."""
-    from vitzoo_hf.data import class_names, load_splits
+    from vitzoo_hf.data import validation_labels_and_names
 
-    splits = load_splits(dataset["name"], None, dataset.get("max_validation"))
+    labels, names = validation_labels_and_names(dataset)
     return {"validation_set": validation_set_key(dataset), "dataset": dataset["name"],
-            "max_validation": dataset.get("max_validation"),
-            "labels": [int(x) for x in splits["validation"]["label"]], "class_names": class_names(splits)}
+            "max_validation": dataset.get("max_validation"), "labels": labels, "class_names": names}
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -150,14 +150,16 @@ def collate_views(items: list[tuple[tuple[torch.Tensor, torch.Tensor], int]]) ->
 
 
 def default_num_workers(jobs: int = 1) -> int:
-    """Loader workers when none are set. With a CUDA GPU: this job's share of the usable cores minus the one that
-    drives the GPU, at most 8 (decoding and augmentation run beside the training step). CPU only: 0, since the
-    training step there is many times slower than the pipeline (benchmarks/throughput.py) and workers would only
-    take cores from its torch threads."""
+    """Loader workers per process when none are set. With a CUDA GPU: this job's share of the usable cores,
+    divided among this machine's processes of the run (LOCAL_WORLD_SIZE, set by `accelerate launch` and
+    torchrun), minus the one that drives the GPU, at most 8. CPU only: 0, since the training step there is many
+    times slower than the pipeline (benchmarks/throughput.py) and workers would only take cores from its torch
+    threads."""
     if not torch.cuda.is_available():
         return 0
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(0, min(8, cores // max(jobs, 1) - 1))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or 1)
+    return max(0, min(8, cores // max(jobs * local, 1) - 1))
 
 
 def train_eval_indices(n: int, train_max: int | None) -> list[int]:
@@ -194,16 +196,21 @@ def supervised_loaders(bp: Blueprint, aug: Augmentation, splits, batch_size: int
     return loaders
 
 
+def contrastive_views(bp: Blueprint) -> TwoViews:
+    """The blueprint's SimCLR view generator (both views of one image)."""
+    c = bp.pretraining.tasks.contrastive
+    return TwoViews(size=bp.architecture.image_size, scale=c.views.crop_scale, brightness=c.views.color_jitter[0],
+                    contrast=c.views.color_jitter[1], saturation=c.views.color_jitter[2],
+                    hue=c.views.color_jitter[3], p_jitter=c.views.p_color_jitter, p_gray=c.views.p_grayscale,
+                    blur_kernel=c.views.blur_kernel, blur_sigma=c.views.blur_sigma, p_blur=c.views.p_blur,
+                    mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
 def contrastive_loaders(bp: Blueprint, splits, batch_size: int, generator: torch.Generator, data_seed: int = 0,
                         num_workers: int = 0) -> tuple[dict[str, DataLoader], TwoViews]:
     """train (shuffled, two fresh views per image), eval_train (fixed subset) and eval_validation with fixed
     views (seeded from `data_seed`), evaluated at the training batch size: retrieval accuracy depends on it."""
-    c = bp.pretraining.tasks.contrastive
-    views = TwoViews(size=bp.architecture.image_size, scale=c.views.crop_scale, brightness=c.views.color_jitter[0],
-                     contrast=c.views.color_jitter[1], saturation=c.views.color_jitter[2],
-                     hue=c.views.color_jitter[3], p_jitter=c.views.p_color_jitter, p_gray=c.views.p_grayscale,
-                     blur_kernel=c.views.blur_kernel, blur_sigma=c.views.blur_sigma, p_blur=c.views.p_blur,
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    views = contrastive_views(bp)
     train = SeededImages(splits["train"], views)
     loaders = {"train": _loader(train, batch_size, SeededSampler(range(len(train)), generator, shuffle=True),
                                 collate_views, len(train) >= batch_size, num_workers)}

@@ -59,7 +59,8 @@ from vitzoo_hf.checkpoints import (
     write_json_atomic,
     write_results,
 )
-from vitzoo_hf.data import class_names, load_splits
+from vitzoo_hf.data import class_names, load_splits, load_streams
+from vitzoo_hf.decode import batch_finisher, fast_train_loader
 from vitzoo_hf.errors import ZooError, run_cli
 from vitzoo_hf.modeling import ZooViTForImageClassification, ZooViTModel, build_head
 from vitzoo_hf.recipe import (
@@ -69,35 +70,46 @@ from vitzoo_hf.recipe import (
     contrastive_loaders,
     default_num_workers,
     image_processor,
+    image_transforms,
     model_config,
     supervised_loaders,
 )
 from vitzoo_hf.simclr import IMAGENET_MEAN, IMAGENET_STD, ProjectionHead, contrastive_loss
+from vitzoo_hf.streaming import lockstep, step_weight, streamed_loaders
 
 # --------------------------------------------------------------------------------------------------------------
 # Steps and evaluation: the visible training loop's pieces
 
 
-def train_step(model, optimizer, accelerator: Accelerator, x, soft_targets, label_smoothing: float) -> torch.Tensor:
+def train_step(model, optimizer, accelerator: Accelerator, x, soft_targets, label_smoothing: float,
+               weight: float = 1.0) -> torch.Tensor:
     """One supervised step on soft targets; the loss lives here: soft labels passed to a transformers model
-    would flip it to multi-label BCE and save that in its config."""
+    would flip it to multi-label BCE and save that in its config. `weight` scales this process's mean loss to its
+    share of an uneven global batch (streamed data, `streaming.step_weight`); weight 0 (a process whose streams
+    are done, stepping on a padding image) gives zero gradients, but DDP's all-reduce still happens."""
     logits = model(pixel_values=x).logits
-    loss = F.cross_entropy(logits, soft_targets, label_smoothing=label_smoothing)
+    if weight == 0.0:
+        loss = logits.sum() * 0.0
+    else:
+        loss = F.cross_entropy(logits, soft_targets, label_smoothing=label_smoothing)
+        if weight != 1.0:
+            loss = loss * weight
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(loss)
     optimizer.step()
     return loss.detach()
 
 
-def _embed(backbone, head, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both views through the backbone in one forward pass, CLS token through the projector."""
-    z = head(backbone(pixel_values=torch.cat([a, b])).last_hidden_state[:, 0])
-    return z.chunk(2)
+def _embed(backbone, head, a: torch.Tensor, b: torch.Tensor, keep: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Both views through the backbone in one forward pass, CLS token through the projector; only the first `keep`
+    images count (streamed data: a padding image keeps a finished process in DDP's step, contributing no rows)."""
+    z_a, z_b = head(backbone(pixel_values=torch.cat([a, b])).last_hidden_state[:, 0]).chunk(2)
+    return (z_a, z_b) if keep is None else (z_a[:keep], z_b[:keep])
 
 
-def contrastive_step(backbone, head, optimizer, accelerator, a, b, temperature):
+def contrastive_step(backbone, head, optimizer, accelerator, a, b, temperature, keep: int | None = None):
     """One SimCLR step: NT-Xent over the global batch (negatives gathered with gradients from all processes)."""
-    out = contrastive_loss(*_embed(backbone, head, a, b), temperature)
+    out = contrastive_loss(*_embed(backbone, head, a, b, keep), temperature)
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(out.loss)
     optimizer.step()
@@ -132,13 +144,40 @@ def evaluate_supervised(model, loader, accelerator) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def evaluate_supervised_stream(model, loader, accelerator) -> dict[str, Any]:
+    """`evaluate_supervised` for streamed splits: processes hold different numbers of examples, so they step in
+    lockstep and the results are gathered once and put in data-set order by each example's key."""
+    from accelerate.utils import gather_object
+
+    from vitzoo_hf.streaming import lockstep
+
+    model.eval()
+    rows: list[tuple[int, float, int, int]] = []
+    for (x, y, keys), _ in lockstep(loader, accelerator):
+        logits = model(pixel_values=x.to(accelerator.device)).logits  # a padding image (key -1) too: DDP's step
+        loss = F.cross_entropy(logits, y.to(accelerator.device), reduction="none")
+        rows += [r for r in zip(keys.tolist(), loss.cpu().tolist(), logits.argmax(-1).cpu().tolist(), y.tolist(),
+                                strict=True) if r[0] >= 0]
+    model.train()
+    if accelerator.num_processes > 1:
+        rows = gather_object(rows)
+    rows.sort()
+    if len({k for k, *_ in rows}) != len(rows):
+        raise RuntimeError("a streamed evaluation saw an example twice (a bug in the shard split)")
+    preds = torch.tensor([p for _, _, p, _ in rows], dtype=torch.long)
+    acc = _accuracy_metric().compute(predictions=preds.tolist(), references=[r for *_, r in rows])
+    return {"loss": float(np.mean([loss for _, loss, _, _ in rows])) if rows else float("nan"),
+            "accuracy": acc["accuracy"], "examples": acc["count"], "predictions": preds}
+
+
+@torch.no_grad()
 def evaluate_contrastive(backbone, head, loader, temperature) -> dict[str, Any]:
     """InfoNCE loss and top-1 retrieval over the loader's fixed (seeded) views, so epochs are comparable."""
     backbone.eval()
     head.eval()
     loss_sum, correct, total, batches = 0.0, 0, 0, 0
-    for a, b in loader:
-        out = contrastive_loss(*_embed(backbone, head, a, b), temperature)
+    for a, b, *keep in loader:  # streamed batches carry how many images are real
+        out = contrastive_loss(*_embed(backbone, head, a, b, *keep), temperature)
         loss_sum, batches = loss_sum + out.loss.item(), batches + 1
         correct, total = correct + int(out.correct), total + out.total
     backbone.train()
@@ -197,6 +236,11 @@ def resolve_precision(setting: str) -> str:
     return setting
 
 
+def input_pipeline(bp: Blueprint, spec: ModelSpec) -> str:
+    """The supervised training images' pipeline (vitzoo_hf.decode); SimCLR views always take the reference one."""
+    return "reference" if spec.task == "contrastive" and spec.stage == "pretraining" else bp.input_pipeline
+
+
 def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None, per_process_batch: int,
                  num_workers: int | None = None) -> dict:
     stage = bp.pretraining if spec.stage == "pretraining" else bp.finetuning
@@ -206,6 +250,13 @@ def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None
         recipe["augmentation"] = asdict(bp.finetuning.augmentation)
     elif spec.task == "supervised":
         recipe["augmentation"] = asdict(bp.pretraining.tasks.supervised.augmentation)
+    if input_pipeline(bp, spec) != "reference":  # only when set, so zoos made before the key keep their records
+        recipe["input_pipeline"] = input_pipeline(bp, spec)
+    if stage.dataset.is_streamed:
+        from vitzoo_hf.streaming import STREAM_TRAIN_EVAL_RULE
+
+        recipe["streaming"] = {"train_metrics_subset": STREAM_TRAIN_EVAL_RULE,
+                               "order": "depends on (data seed, epoch, processes, workers)"}
     else:
         c = bp.pretraining.tasks.contrastive
         recipe["contrastive"] = {"temperature": c.temperature, "projection_dim": c.projection_dim,
@@ -309,6 +360,10 @@ def check_settings(path: Path, record: dict[str, Any], resuming: bool) -> None:
         raise ZooError(f"{path} was started with {before.get('num_processes')} process(es) and is resumed with "
                        f"{now['num_processes']}; its data order depends on that: resume with "
                        f"{before.get('num_processes')}, or delete the folder to restart")
+    if "streaming" in record["recipe"] and before.get("num_workers") != now["num_workers"]:
+        raise ZooError(f"{path} streams its data and was started with {before.get('num_workers')} DataLoader "
+                       f"worker(s) per process, resumed with {now['num_workers']}; a stream's order depends on "
+                       f"that: resume with --num-workers {before.get('num_workers')}, or delete the folder to restart")
 
 
 def check_precision(path: Path, precision: str) -> None:
@@ -346,20 +401,36 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             write_json_atomic(path / layout.CONFIG_FILE, json.dumps(record, indent=1))
     accelerator.wait_for_everyone()
 
-    # Data
+    # Data: an Arrow table with a seeded sampler, or shards streamed as training goes (vitzoo_hf.streaming)
     stage = bp.pretraining if spec.stage == "pretraining" else bp.finetuning
-    splits = load_splits(stage.dataset.name, stage.dataset.max_train, stage.dataset.max_validation)
-    labels = class_names(splits)
+    streamed = stage.dataset.is_streamed
     generator = torch.Generator()
     contrastive = spec.task == "contrastive" and spec.stage == "pretraining"
-    if contrastive:
-        loaders, _ = contrastive_loaders(bp, splits, per_process_batch, generator, spec.data_seed, num_workers)
-        processor = image_processor(bp, Augmentation())  # what a user's feature extraction should see
+    aug = Augmentation() if contrastive else (
+        bp.finetuning.augmentation if spec.stage == "finetuning" else bp.pretraining.tasks.supervised.augmentation)
+    pipeline, fast = input_pipeline(bp, spec), None
+    if streamed:
+        streams = load_streams(stage.dataset.name)
+        labels = streams.names
+        loaders, fast = streamed_loaders(bp, aug, streams, per_process_batch, accelerator.process_index, n_proc,
+                                         num_workers, contrastive, pipeline)
+        loaders["eval_train"].dataset.set_epoch(spec.data_seed)  # fixed views for evaluation, as map-style
+        loaders["eval_validation"].dataset.set_epoch(spec.data_seed + 1)
     else:
-        aug = bp.finetuning.augmentation if spec.stage == "finetuning" else bp.pretraining.tasks.supervised.augmentation
-        loaders = supervised_loaders(bp, aug, splits, per_process_batch, generator, num_workers)
-        processor = image_processor(bp, aug)
+        splits = load_splits(stage.dataset.name, stage.dataset.max_train, stage.dataset.max_validation,
+                             stage.dataset.validation_labels)
+        labels = class_names(splits)
+        if contrastive:
+            loaders, _ = contrastive_loaders(bp, splits, per_process_batch, generator, spec.data_seed, num_workers)
+        else:
+            loaders = supervised_loaders(bp, aug, splits, per_process_batch, generator, num_workers)
+            if pipeline != "reference":
+                loaders["train"], fast = fast_train_loader(pipeline, image_transforms(bp, aug)[0], splits["train"],
+                                                           per_process_batch, generator, num_workers)
+    processor = image_processor(bp, aug)  # contrastive: what a user's feature extraction should see
+    if not contrastive:
         mix = batch_mixer(aug, len(labels))
+        finish = batch_finisher(pipeline, fast, accelerator.device)
 
     # Model: initialised from the seed; fine-tunes take the parent's backbone and a head from the head seed
     seed_everything(spec.seed)
@@ -404,21 +475,37 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
         load_optimizer_state(optimizer, state)
         start = last + 1
 
-    modules = [model, optimizer, loaders["train"], loaders["eval_train"], loaders["eval_validation"]]
-    if head is not None:
-        modules.append(head)
-    prepared = accelerator.prepare(*modules)
-    model, optimizer, train_loader, eval_train, eval_val = prepared[:5]
-    head = prepared[5] if head is not None else None
+    # Streamed loaders are split by shard already (and end unevenly): Accelerate must not shard them again.
+    data = [] if streamed else [loaders["train"], loaders["eval_train"], loaders["eval_validation"]]
+    prepared = accelerator.prepare(model, optimizer, *data, *([head] if head is not None else []))
+    model, optimizer = prepared[:2]
+    train_loader, eval_train, eval_val = prepared[2:5] if not streamed else (
+        loaders["train"], loaders["eval_train"], loaders["eval_validation"])
+    head = prepared[-1] if head is not None else None
     if log_with:
         accelerator.init_trackers(spec.name, config={"factors": spec.factors()})
     temperature = bp.pretraining.tasks.contrastive.temperature
     label_smoothing = 0.0 if contrastive else aug.label_smoothing
 
+    def batches(loader):
+        """A loader's batches on this process with (examples in this step on all processes, on this one):
+        streamed, in lockstep across processes (a finished process steps on one padding image, key -1);
+        map-style, every process holds a full batch (None, None)."""
+        if not streamed:
+            return ((b, None, None) for b in loader)
+        return (((*(t.to(accelerator.device) if torch.is_tensor(t) else t for t in b[:-1]),), total,
+                 int((b[-1] >= 0).sum())) for b, total in lockstep(loader, accelerator))
+
     def evaluate_all() -> tuple[dict, dict]:
         if contrastive:
-            return (evaluate_contrastive(model, head, eval_train, temperature),
-                    evaluate_contrastive(model, head, eval_val, temperature))
+            def views(loader):
+                return ((*b, local) if streamed else b for b, _, local in batches(loader))
+
+            return (evaluate_contrastive(model, head, views(eval_train), temperature),
+                    evaluate_contrastive(model, head, views(eval_val), temperature))
+        if streamed:
+            return (evaluate_supervised_stream(model, eval_train, accelerator),
+                    evaluate_supervised_stream(model, eval_val, accelerator))
         return evaluate_supervised(model, eval_train, accelerator), evaluate_supervised(model, eval_val, accelerator)
 
     for epoch in range(start, spec.epochs + 1):
@@ -426,15 +513,21 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
         objective = None
         if epoch > 0:
             seed_epoch(generator, spec, epoch, accelerator.process_index)
+            if streamed:  # shard order, shuffle buffer and per-image seeds of this epoch
+                loaders["train"].dataset.set_epoch(epoch_seed(spec, epoch))
             model.train()
             total, steps = torch.zeros((), device=accelerator.device), 0
-            bar = tqdm(train_loader, desc=f"{spec.name} {epoch}/{spec.epochs}", leave=False,
-                       disable=not (main and progress))
-            for batch in bar:
+            bar = tqdm(batches(train_loader), desc=f"{spec.name} {epoch}/{spec.epochs}", leave=False,
+                       total=None if streamed else len(train_loader), disable=not (main and progress))
+            for batch, examples, local in bar:
                 if contrastive:
-                    loss = contrastive_step(model, head, optimizer, accelerator, *batch, temperature).loss.detach()
+                    loss = contrastive_step(model, head, optimizer, accelerator, *batch, temperature,
+                                            local).loss.detach()
                 else:
-                    loss = train_step(model, optimizer, accelerator, *mix(*batch), label_smoothing)
+                    x, y = finish(*batch)
+                    weight = 1.0 if examples is None else step_weight(local, examples, n_proc)
+                    x, soft = mix(x, y) if weight else (x, F.one_hot(y, len(labels)).float())
+                    loss = train_step(model, optimizer, accelerator, x, soft, label_smoothing, weight)
                 total, steps = total + loss.float(), steps + 1
             objective = accelerator.reduce(total, "mean").item() / max(steps, 1)
         train_m, val_m = evaluate_all()
