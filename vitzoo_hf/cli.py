@@ -71,8 +71,8 @@ def _analyze(args: argparse.Namespace) -> None:
     from vitzoo_hf.analysis.run import analyze
 
     written = analyze(args.source, args.out, threshold=args.threshold, update_metadata=args.update_metadata,
-                      distances=args.distances)
-    print(f"wrote {len(written)} files to {args.out}: tables.md (all tables), "
+                      distances=args.distances, averaging=args.averaging, lineage=args.lineage)
+    print(f"wrote {len(written)} files to {args.out}: findings.md (the paper's findings, checked), tables.md, "
           f"table{{1,2,6,7,8}}.{{md,csv,tex}}, checkpoint_stats.csv, distance_matrix.csv, *.png")
 def _lineage(args: argparse.Namespace) -> None:
     from vitzoo_hf.lineage.report import run_table3
@@ -141,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distances", choices=("auto", "exact", "sketch"), default="auto",
                    help="distances between final checkpoints: exact (weights) or estimated from the metadata's "
                         "sketches; auto: exact for a folder, sketches for a published zoo (default)")
+    p.add_argument("--averaging", default=None,
+                   help="folder of `vitzoo average` results (subfolders epochs/, soup/, rebasin/): checks the "
+                        "averaging findings too")
+    p.add_argument("--lineage", default=None,
+                   help="--out folder of `vitzoo lineage --experiment table3`: checks the lineage finding too")
     p.set_defaults(func=_analyze)
     p = sub.add_parser("lineage", help="lineage recovery (MoTHeR and ours) with the paper's Table 3 protocol")
     p.add_argument("source", help="a zoo folder (vitzoo generate --out) or a published zoo's metadata repo id")

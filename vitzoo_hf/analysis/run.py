@@ -55,9 +55,13 @@ def check_threshold(threshold: float) -> float:
 
 
 def analyze(source: str | Path, out: str | Path, threshold: float = 0.65, update_metadata: bool = False,
-            distances: str = "auto", figures: bool = True, progress: bool = True) -> dict[str, Path]:
-    """Write Tables 1, 2, 6, 7, 8 (Markdown, CSV, LaTeX), `checkpoint_stats.csv`, the distance matrix and the
-    figures for the zoo at `source` into `out`; return the written paths by name."""
+            distances: str = "auto", figures: bool = True, progress: bool = True,
+            averaging: str | Path | None = None, lineage: str | Path | None = None) -> dict[str, Path]:
+    """Write the paper's findings as checks (`findings.md`, `findings.csv`), Tables 1, 2, 6, 7, 8 (Markdown, CSV,
+    LaTeX), `checkpoint_stats.csv`, the distance matrix and the figures for the zoo at `source` into `out`; return
+    the written paths by name. `averaging` / `lineage`: folders written by `vitzoo average` (one subfolder per
+    method, as the demo lays them out, or the method's own folder) and `vitzoo lineage --experiment table3`, whose
+    results the averaging and lineage findings check (without them those findings are not applicable)."""
     from vitzoo_hf.analysis.tables import all_tables
     from vitzoo_hf.zoo import Zoo
 
@@ -78,6 +82,13 @@ def analyze(source: str | Path, out: str | Path, threshold: float = 0.65, update
     written["tables.md"] = out / "tables.md"
     _write(written["tables.md"], f"# Zoo {pop.name}: population analysis\n\n"
            + "\n".join(t.to_markdown() for t in tables))
+    from vitzoo_hf.analysis import findings as fnd
+
+    evidence = findings_evidence(zoo, pop, threshold, averaging, lineage)
+    found = fnd.check_all(evidence)
+    for name, text in (("findings.md", fnd.to_markdown(found, pop.name)), ("findings.csv", fnd.to_csv(found))):
+        written[name] = out / name
+        _write(written[name], text)
     written[STATS_FILE] = out / STATS_FILE
     _write(written[STATS_FILE], checkpoint_stats_csv(pop))
     written["distance_matrix.csv"] = out / "distance_matrix.csv"
@@ -110,3 +121,52 @@ def push_statistics(zoo, pop: Population) -> bool:
                           operations=[CommitOperationAdd(CHECKPOINTS_PARQUET, buf.getvalue())],
                           commit_message=f"Analysis statistics for {pop.filled} checkpoints (vitzoo analyze)")
     return True
+
+
+def read_rows(path: Path) -> list[dict] | None:
+    """A CSV written by our studies, numbers parsed (None if the file is missing)."""
+    if not path.is_file():
+        return None
+
+    def value(x: str):
+        if x == "":
+            return None
+        try:
+            return float(x)
+        except ValueError:
+            return x
+
+    with path.open(newline="") as f:
+        return [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _study_file(folder: Path | None, method: str, name: str) -> Path:
+    if folder is None:
+        return Path("/nonexistent") / name
+    return folder / method / name if (folder / method / name).is_file() else folder / name
+
+
+def findings_evidence(zoo, pop: Population, threshold: float, averaging: str | Path | None = None,
+                      lineage: str | Path | None = None):
+    """The `findings.Evidence` of a zoo: its population, and the averaging and lineage results found on disk."""
+    from vitzoo_hf.analysis.findings import Evidence
+
+    avg = Path(averaging) if averaging else None
+    for folder, flag in ((avg, "--averaging"), (Path(lineage) if lineage else None, "--lineage")):
+        if folder is not None and not folder.is_dir():
+            raise ZooError(f"{flag} {folder} is not a folder; give the --out folder of that study")
+    epochs = read_rows(_study_file(avg, "epochs", "epochs_w5.csv")) or read_rows(_study_file(avg, "epochs",
+                                                                                            "epochs.csv"))
+    num_classes = None
+    fine = pop.finetuned
+    if fine:
+        try:
+            num_classes = len(zoo.class_names(fine[0]["name"]))
+        except Exception:  # a zoo without a labels table: chance level unknown, that finding is n/a
+            num_classes = None
+    return Evidence(models=pop.models, distance_names=pop.distance_names, distances=pop.distances,
+                    threshold=threshold, num_classes=num_classes, epoch_rows=epochs,
+                    soup_rows=read_rows(_study_file(avg, "soup", "soups.csv")),
+                    rebasin_pairs=read_rows(_study_file(avg, "rebasin", "rebasin_pairs.csv")),
+                    rebasin_many=read_rows(_study_file(avg, "rebasin", "rebasin_many.csv")),
+                    table3=read_rows(Path(lineage) / "table3.csv") if lineage else None)

@@ -1,0 +1,149 @@
+"""The paper's findings as checks: each on a hand-made zoo table where it holds and one where it does not."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from vitzoo_hf.analysis import findings as F
+
+LRS = (3e-3, 1e-3, 1e-4)
+N_VAL = 300
+
+
+def paper_like(**knobs):
+    """A zoo table shaped like the paper's: 2 supervised + 2 contrastive backbones, the full fine-tuning grid.
+    Every knob defaults to the paper's direction; flip one to break one finding."""
+    k = {"sup": 0.80, "con": 0.76, "adam_bonus": 0.04, "sgd_low": 0.05, "gap_adam": {3e-3: .20, 1e-3: .16, 1e-4: .04},
+         "gap_sgd": 0.0, "noise": {3e-3: .35, 1e-3: .35, 1e-4: .10}, "kurt": {"supervised": (0.8, 0.9),
+                                                                            "contrastive": (3.0, 3.1)},
+         "within": 5.0, "between": 100.0, **knobs}
+    rng = np.random.default_rng(0)
+    models, names = [], []
+    templates = {lr: rng.integers(0, 10, N_VAL) for lr in LRS}
+    for task, seeds in (("supervised", (1, 2)), ("contrastive", (1, 2))):
+        for i, s in enumerate(seeds):
+            name = f"{task}-{s}"
+            models.append({"name": name, "stage": "pretraining", "task": task, "kurtosis": k["kurt"][task][i],
+                           "validation_accuracy": 0.7 if task == "supervised" else 0.9})
+            names.append(name)
+    for parent in list(names):
+        task = parent.split("-")[0]
+        for head, opt, lr, seed in itertools.product(("linear", "mlp"), ("adamw", "sgd"), LRS, (1, 2)):
+            base = k["sup"] if task == "supervised" else k["con"]
+            if opt == "adamw":
+                acc, gap = base, k["gap_adam"][lr]
+            else:
+                acc, gap = base - k["adam_bonus"], k["gap_sgd"]
+                if lr == 1e-4:
+                    acc = k["sgd_low"]
+            preds = templates[lr].copy()
+            swap = rng.random(N_VAL) < k["noise"][lr]
+            preds[swap] = rng.integers(0, 10, int(swap.sum()))
+            models.append({"name": f"{parent}-{head}-{opt}-{lr:g}-{seed}", "stage": "finetuning", "task": task,
+                           "parent": parent, "head": head, "optimizer": opt, "lr": lr, "head_seed": seed,
+                           "validation_accuracy": acc + 0.002 * seed, "train_accuracy": acc + 0.002 * seed + gap,
+                           "predictions": preds})
+    pre = [m["name"] for m in models if m["stage"] == "pretraining"]
+    order = pre + [m["name"] for m in models if m["stage"] == "finetuning"]
+    pos = {}  # points: backbones far apart on orthogonal axes, fine-tunes `within` from their parent
+    for i, n in enumerate(pre):
+        pos[n] = np.eye(len(pre))[i] * k["between"] / math.sqrt(2)
+    for m in models:
+        if m["stage"] == "finetuning":
+            d = rng.normal(size=len(pre))
+            pos[m["name"]] = pos[m["parent"]] + d / np.linalg.norm(d) * k["within"]
+    x = np.stack([pos[n] for n in order])
+    dist = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    return F.Evidence(models=models, distance_names=order, distances=dist, threshold=0.65, num_classes=10)
+
+
+def verdict(check, ev):
+    f = check(ev)
+    assert f.zoo and f.rule and f.paper and f.statistic
+    return f.verdict
+
+
+@pytest.mark.parametrize("check,broken", [
+    (F.supervised_beats_contrastive, {"sup": 0.74, "con": 0.80}),
+    (F.adamw_beats_sgd, {"adam_bonus": -0.03}),
+    (F.sgd_low_lr_collapses, {"sgd_low": 0.55}),
+    (F.adamw_overfits_more, {"gap_adam": {3e-3: .03, 1e-3: .02, 1e-4: .01}}),
+    (F.lr_moves_generalisation_not_accuracy, {"gap_adam": {3e-3: .1, 1e-3: .1, 1e-4: .1}, "gap_sgd": .1}),
+    (F.clusters_around_parent, {"within": 40.0}),
+    (F.kurtosis_separates_tasks, {"kurt": {"supervised": (0.8, 3.05), "contrastive": (3.0, 3.1)}}),
+])
+def test_population_finding_holds_on_a_paper_like_zoo_and_not_when_broken(check, broken):
+    assert verdict(check, paper_like()) == F.HELD
+    assert verdict(check, paper_like(**broken)) == F.NOT_HELD
+
+
+def test_population_findings_not_applicable_without_the_groups_they_compare():
+    ev = paper_like()
+    only_sup = F.Evidence([m for m in ev.models if m["task"] == "supervised"], ev.distance_names, ev.distances)
+    assert F.supervised_beats_contrastive(only_sup).verdict == F.NA
+    assert F.kurtosis_separates_tasks(only_sup).verdict == F.NA
+    low = F.Evidence(ev.models, ev.distance_names, ev.distances, threshold=0.99)  # empty refined zoo
+    assert F.adamw_beats_sgd(low).verdict == F.NA
+    assert F.lr_moves_generalisation_not_accuracy(low).verdict == F.NA
+
+
+def test_one_backbone_per_task_cannot_separate_kurtosis():
+    ev = paper_like()
+    one = [m for m in ev.models if m["stage"] == "finetuning" or m["name"].endswith("-1")]
+    assert F.kurtosis_separates_tasks(F.Evidence(one)).verdict == F.NA
+
+
+def _epochs(gains):
+    return [{"model": f"m{i}", "gain": g} for i, g in enumerate(gains)]
+
+
+def _soups(seed, other):
+    return ([{"factor": "head_seed", "gain": g} for g in seed] + [{"factor": "lr", "gain": g} for g in other])
+
+
+def _rebasin(merged, ends=(0.8, 0.78)):
+    return ([{"accuracy_a": ends[0], "accuracy_b": ends[1], "aligned_average_accuracy": merged}],
+            [{"mergemany_average_accuracy": merged}])
+
+
+def _table3(epochs_f1, branch_f1):
+    rows = [{"method": "mother", "metric": "f1", "setting": "epochs", "mean": epochs_f1}]
+    rows += [{"method": "mother", "metric": "f1", "setting": s, "mean": branch_f1} for s in ("seed", "lr")]
+    rows += [{"method": "ours", "metric": "f1", "setting": "seed", "mean": 1.0}]  # another method: ignored
+    return rows
+
+
+@pytest.mark.parametrize("check,field,holds,broken", [
+    (F.epoch_average_beats_best, "epoch_rows", _epochs([.01, .02, -.01]), _epochs([.01, -.02, -.01])),
+    (F.seed_soups_most_promising, "soup_rows", _soups([.01, -.01], [-.05, -.04]), _soups([-.01, -.02], [.01, .0])),
+    (F.mother_chains_not_branches, "table3", _table3(0.82, 0.09), _table3(0.82, 0.6)),
+])
+def test_study_finding_holds_and_not(check, field, holds, broken):
+    ev = paper_like()
+    assert check(ev).verdict == F.NA  # no study results: not applicable
+    setattr(ev, field, holds)
+    assert check(ev).verdict == F.HELD
+    setattr(ev, field, broken)
+    assert check(ev).verdict == F.NOT_HELD
+
+
+def test_rebasin_destroys_is_measured_against_chance():
+    ev = paper_like()
+    assert F.rebasin_destroys(ev).verdict == F.NA
+    ev.rebasin_pairs, ev.rebasin_many = _rebasin(0.11)  # 10 classes: chance 10 %
+    assert F.rebasin_destroys(ev).verdict == F.HELD
+    ev.rebasin_pairs, ev.rebasin_many = _rebasin(0.31)
+    assert F.rebasin_destroys(ev).verdict == F.NOT_HELD
+    ev.num_classes = 100
+    ev.rebasin_pairs, ev.rebasin_many = _rebasin(0.011)
+    assert F.rebasin_destroys(ev).verdict == F.HELD
+
+
+def test_report_lists_every_finding_with_counts():
+    found = F.check_all(paper_like())
+    assert len(found) == 11
+    md, csv_text = F.to_markdown(found, "toy"), F.to_csv(found)
+    assert "**7 of 11 held**" in md  # the population findings; studies absent
+    assert md.count("| ") > 11 and csv_text.count("\n") == 12
