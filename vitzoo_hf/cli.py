@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=["epochs", "soup", "greedy-soup", "rebasin"])
     p.add_argument("--out", required=True, help="folder for tables (Markdown, CSV), figures (PNG) and models")
     p.add_argument("--models", nargs="+", metavar="NAME", help="only these models (default: every classifier)")
-    p.add_argument("--window", type=int, default=5, help="epochs: checkpoints per average (default 5)")
+    p.add_argument("--window", type=int, nargs="+", default=[5],
+                   help="epochs: checkpoints per average; several (e.g. 2 3 5) give Fig. 2a at each window, the "
+                        "longitudinal study at the largest (default 5)")
     p.add_argument("--factors", nargs="+", choices=["head_seed", "lr", "optimizer", "head"],
                    help="soup: the factors to vary, one at a time (default: all four)")
     p.add_argument("--save-model", metavar="NAME",
