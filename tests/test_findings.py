@@ -147,3 +147,29 @@ def test_report_lists_every_finding_with_counts():
     md, csv_text = F.to_markdown(found, "toy"), F.to_csv(found)
     assert "**7 of 11 held**" in md  # the population findings; studies absent
     assert md.count("| ") > 11 and csv_text.count("\n") == 12
+
+
+def test_statistics_definitions_match_scipy_over_what_each_covers():
+    """flat: every tensor; matrices: the blocks' 2-D weights only; per-matrix: their mean. Checked on a toy
+    backbone whose LayerNorm gains (all near 1) dominate the flat kurtosis, as in a real ViT."""
+    import scipy.stats
+
+    from vitzoo_hf.analysis.checkpoint import DEFINITION_COLUMNS
+    from vitzoo_hf.analysis.weights import weight_statistics
+    from vitzoo_hf.metadata import DEFINITION_COLUMNS as META_COLUMNS
+
+    rng = np.random.default_rng(1)
+    w = {"embeddings.position_embeddings": rng.normal(0, .02, (1, 5, 16)).astype(np.float32),
+         "layers.0.attention.q_proj.weight": rng.standard_t(5, (16, 16)).astype(np.float32) * .02,
+         "layers.0.attention.q_proj.bias": np.zeros(16, np.float32),
+         "layers.0.layernorm_before.weight": (1 + rng.normal(0, .01, 16)).astype(np.float32),
+         "layers.0.mlp.fc1.weight": rng.normal(0, .02, (32, 16)).astype(np.float32)}
+    mats = [w["layers.0.attention.q_proj.weight"].ravel(), w["layers.0.mlp.fc1.weight"].ravel()]
+    every = np.concatenate([v.ravel() for _, v in sorted(w.items())]).astype(np.float64)
+    flat, matrices, per = (weight_statistics(w, definition=d) for d in ("flat", "matrices", "per-matrix"))
+    assert math.isclose(flat["kurtosis"], scipy.stats.kurtosis(every), rel_tol=1e-6)
+    assert math.isclose(matrices["kurtosis"], scipy.stats.kurtosis(np.concatenate(mats)), rel_tol=1e-6)
+    assert math.isclose(per["kurtosis"], np.mean([scipy.stats.kurtosis(m) for m in mats]), rel_tol=1e-6)
+    assert math.isclose(matrices["l2_norm"], float(np.linalg.norm(np.concatenate(mats))), rel_tol=1e-6)
+    assert flat["kurtosis"] > 10 * abs(matrices["kurtosis"])  # the LayerNorm gains dominate "flat"
+    assert DEFINITION_COLUMNS == META_COLUMNS  # what analysis computes is what the metadata stores

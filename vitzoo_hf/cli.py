@@ -71,7 +71,8 @@ def _analyze(args: argparse.Namespace) -> None:
     from vitzoo_hf.analysis.run import analyze
 
     written = analyze(args.source, args.out, threshold=args.threshold, update_metadata=args.update_metadata,
-                      distances=args.distances, averaging=args.averaging, lineage=args.lineage)
+                      distances=args.distances, averaging=args.averaging, lineage=args.lineage,
+                      statistics=args.statistics)
     print(f"wrote {len(written)} files to {args.out}: findings.md (the paper's findings, checked), tables.md, "
           f"table{{1,2,6,7,8}}.{{md,csv,tex}}, checkpoint_stats.csv, distance_matrix.csv, *.png")
 def _lineage(args: argparse.Namespace) -> None:
@@ -146,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "averaging findings too")
     p.add_argument("--lineage", default=None,
                    help="--out folder of `vitzoo lineage --experiment table3`: checks the lineage finding too")
+    p.add_argument("--statistics", choices=("matrices", "per-matrix", "flat"), default="matrices",
+                   help="weight statistics over: the blocks' weight matrices flattened together (default; of the "
+                        "paper's order on ViT-S), each matrix then averaged (per-matrix), or every backbone "
+                        "parameter including LayerNorm and embeddings (flat)")
     p.set_defaults(func=_analyze)
     p = sub.add_parser("lineage", help="lineage recovery (MoTHeR and ours) with the paper's Table 3 protocol")
     p.add_argument("source", help="a zoo folder (vitzoo generate --out) or a published zoo's metadata repo id")

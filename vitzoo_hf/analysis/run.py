@@ -18,7 +18,7 @@ from vitzoo_hf.errors import ZooError
 
 STATS_FILE = "checkpoint_stats.csv"
 CHECKPOINTS_PARQUET = "checkpoints/train-00000-of-00001.parquet"  # where `vitzoo publish` puts the config
-STATS_HEADER = ("model", "epoch", "skewness", "kurtosis", "l2_norm", "l2_to_parent")
+STATS_HEADER = ("model", "epoch", "skewness", "kurtosis", "l2_norm", "l2_to_parent")  # + every definition's
 
 
 def _write(path: Path, text: str) -> None:
@@ -29,11 +29,17 @@ def _write(path: Path, text: str) -> None:
 
 
 def checkpoint_stats_csv(pop: Population) -> str:
+    """One row per checkpoint: skewness, kurtosis, L2 norm under the analysis's definition, the distance to the
+    parent, then every definition's statistics (`skewness_flat`, ...)."""
+    from vitzoo_hf.analysis.checkpoint import DEFINITION_COLUMNS, column
+
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(STATS_HEADER)
+    w.writerow([*STATS_HEADER, *DEFINITION_COLUMNS])
+    chosen = {s: column(s, pop.statistics) for s in ("skewness", "kurtosis", "l2_norm")}
     for c in sorted(pop.checkpoints, key=lambda c: (c["name"], c["epoch"])):
-        w.writerow([c["name"], c["epoch"], *("" if c.get(k) is None else repr(c[k]) for k in STATS_HEADER[2:])])
+        keys = [chosen.get(k, k) for k in STATS_HEADER[2:]] + list(DEFINITION_COLUMNS)
+        w.writerow([c["name"], c["epoch"], *("" if c.get(k) is None else repr(c[k]) for k in keys)])
     return out.getvalue()
 
 
@@ -56,12 +62,14 @@ def check_threshold(threshold: float) -> float:
 
 def analyze(source: str | Path, out: str | Path, threshold: float = 0.65, update_metadata: bool = False,
             distances: str = "auto", figures: bool = True, progress: bool = True,
-            averaging: str | Path | None = None, lineage: str | Path | None = None) -> dict[str, Path]:
+            averaging: str | Path | None = None, lineage: str | Path | None = None,
+            statistics: str = "matrices") -> dict[str, Path]:
     """Write the paper's findings as checks (`findings.md`, `findings.csv`), Tables 1, 2, 6, 7, 8 (Markdown, CSV,
     LaTeX), `checkpoint_stats.csv`, the distance matrix and the figures for the zoo at `source` into `out`; return
     the written paths by name. `averaging` / `lineage`: folders written by `vitzoo average` (one subfolder per
     method, as the demo lays them out, or the method's own folder) and `vitzoo lineage --experiment table3`, whose
-    results the averaging and lineage findings check (without them those findings are not applicable)."""
+    results the averaging and lineage findings check (without them those findings are not applicable).
+    `statistics`: which definition of skewness, kurtosis and L2 norm the tables use (`analysis.weights`)."""
     from vitzoo_hf.analysis.tables import all_tables
     from vitzoo_hf.zoo import Zoo
 
@@ -70,7 +78,7 @@ def analyze(source: str | Path, out: str | Path, threshold: float = 0.65, update
     if update_metadata and not hasattr(zoo, "repo_id"):
         raise ZooError(f"--update-metadata needs a published zoo (its metadata dataset repo id); {source} is a "
                        "folder, whose statistics are computed from its weights on every run")
-    pop = collect(zoo, distances=distances, progress=progress)
+    pop = collect(zoo, distances=distances, progress=progress, statistics=statistics)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
@@ -114,7 +122,12 @@ def push_statistics(zoo, pop: Population) -> bool:
     from vitzoo_hf.metadata import FEATURES
 
     features = FEATURES["checkpoints"]
-    table = Dataset.from_dict({c: [r.get(c) for r in pop.checkpoints] for c in features}, features=features)
+    from vitzoo_hf.analysis.checkpoint import column
+    from vitzoo_hf.analysis.weights import DEFAULT_DEFINITION
+
+    rows = [{**r, **{s: r.get(column(s, DEFAULT_DEFINITION)) for s in ("skewness", "kurtosis", "l2_norm")}}
+            for r in pop.checkpoints]  # the unsuffixed columns: the default definition's, always
+    table = Dataset.from_dict({c: [r.get(c) for r in rows] for c in features}, features=features)
     buf = io.BytesIO()
     table.to_parquet(buf)
     HfApi().create_commit(zoo.repo_id, repo_type="dataset", parent_commit=getattr(zoo, "revision", None),
