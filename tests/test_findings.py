@@ -173,3 +173,12 @@ def test_statistics_definitions_match_scipy_over_what_each_covers():
     assert math.isclose(matrices["l2_norm"], float(np.linalg.norm(np.concatenate(mats))), rel_tol=1e-6)
     assert flat["kurtosis"] > 10 * abs(matrices["kurtosis"])  # the LayerNorm gains dominate "flat"
     assert DEFINITION_COLUMNS == META_COLUMNS  # what analysis computes is what the metadata stores
+
+
+def test_epoch_finding_says_when_the_window_is_not_five():
+    ev = paper_like()
+    ev.epoch_rows = [{"gain": .01, "epochs_averaged": "1-2"}, {"gain": .02, "epochs_averaged": "1-2"}]
+    f = F.epoch_average_beats_best(ev)
+    assert f.verdict == F.HELD and "window of 2 epochs" in f.note
+    ev.epoch_rows = [{"gain": .01, "epochs_averaged": "16-20"}]
+    assert F.epoch_average_beats_best(ev).note == ""

@@ -251,8 +251,21 @@ def epoch_average_beats_best(ev: Evidence) -> Finding:
         return _na(*args, "no epoch-averaging results (run `vitzoo average --method epochs --window 5`)")
     gains = [r["gain"] for r in rows if _num(r.get("gain"))]
     wins = sum(g > 0 for g in gains)
+    windows = sorted({_window(r) for r in rows} - {None})
+    note = "" if windows in ([], [5]) else (f"window of {'/'.join(map(str, windows))} epochs: the zoo's fine-tunes "
+                                            "have fewer than 5 trained epochs")
     return Finding(*args[:5], f"{wins} of {len(gains)} ({100 * wins / len(gains):.0f} %), mean gain "
-                   f"{100 * _mean(gains):+.2f} pp", _verdict(wins > len(gains) / 2), args[5])
+                   f"{100 * _mean(gains):+.2f} pp", _verdict(wins > len(gains) / 2), args[5], note)
+
+
+def _window(row: dict) -> int | None:
+    """The number of epochs averaged, from `epochs_averaged` ("16-20")."""
+    span = str(row.get("epochs_averaged") or "")
+    a, _, b = span.partition("-")
+    try:
+        return int(float(b)) - int(float(a)) + 1
+    except ValueError:
+        return None
 
 
 def seed_soups_most_promising(ev: Evidence) -> Finding:
