@@ -182,3 +182,11 @@ def test_epoch_finding_says_when_the_window_is_not_five():
     assert f.verdict == F.HELD and "window of 2 epochs" in f.note
     ev.epoch_rows = [{"gain": .01, "epochs_averaged": "16-20"}]
     assert F.epoch_average_beats_best(ev).note == ""
+
+
+def test_analyze_refuses_a_missing_study_folder_before_writing(tmp_path, capsys):
+    from vitzoo_hf.cli import main
+
+    out = tmp_path / "a"
+    assert main(["analyze", str(tmp_path / "no-zoo"), "--out", str(out), "--averaging", str(tmp_path / "nope")]) == 2
+    assert "--averaging" in capsys.readouterr().err and not out.exists()

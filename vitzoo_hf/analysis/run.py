@@ -74,6 +74,7 @@ def analyze(source: str | Path, out: str | Path, threshold: float = 0.65, update
     from vitzoo_hf.zoo import Zoo
 
     check_threshold(threshold)
+    check_study_folders(averaging, lineage)  # before anything is read or written
     zoo = Zoo.open(source)
     if update_metadata and not hasattr(zoo, "repo_id"):
         raise ZooError(f"--update-metadata needs a published zoo (its metadata dataset repo id); {source} is a "
@@ -159,15 +160,20 @@ def _study_file(folder: Path | None, method: str, name: str) -> Path:
     return folder / method / name if (folder / method / name).is_file() else folder / name
 
 
+def check_study_folders(averaging: str | Path | None, lineage: str | Path | None) -> None:
+    for folder, flag in ((averaging, "--averaging"), (lineage, "--lineage")):
+        if folder is not None and not Path(folder).is_dir():
+            raise ZooError(f"{flag} {folder} is not a folder; give the --out folder of `vitzoo "
+                           f"{'average' if flag == '--averaging' else 'lineage'}` (or leave the flag out)")
+
+
 def findings_evidence(zoo, pop: Population, threshold: float, averaging: str | Path | None = None,
                       lineage: str | Path | None = None):
     """The `findings.Evidence` of a zoo: its population, and the averaging and lineage results found on disk."""
     from vitzoo_hf.analysis.findings import Evidence
 
     avg = Path(averaging) if averaging else None
-    for folder, flag in ((avg, "--averaging"), (Path(lineage) if lineage else None, "--lineage")):
-        if folder is not None and not folder.is_dir():
-            raise ZooError(f"{flag} {folder} is not a folder; give the --out folder of that study")
+    check_study_folders(averaging, lineage)
     epochs = read_rows(_study_file(avg, "epochs", "epochs_w5.csv")) or read_rows(_study_file(avg, "epochs",
                                                                                             "epochs.csv"))
     num_classes = None
