@@ -136,6 +136,8 @@ def test_rebasin_destroys_is_measured_against_chance():
     assert F.rebasin_destroys(ev).verdict == F.HELD
     ev.rebasin_pairs, ev.rebasin_many = _rebasin(0.31)
     assert F.rebasin_destroys(ev).verdict == F.NOT_HELD
+    ev.rebasin_pairs, ev.rebasin_many = _rebasin(0.11, ends=(0.2, 0.3))  # endpoints near chance: nothing to destroy
+    assert F.rebasin_destroys(ev).verdict == F.NA
     ev.num_classes = 100
     ev.rebasin_pairs, ev.rebasin_many = _rebasin(0.011)
     assert F.rebasin_destroys(ev).verdict == F.HELD

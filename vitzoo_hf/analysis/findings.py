@@ -289,7 +289,8 @@ def seed_soups_most_promising(ev: Evidence) -> Finding:
 def rebasin_destroys(ev: Evidence) -> Finding:
     args = ("rebasin", "Re-Basin merges of fine-tunes from different backbones destroy the models", "§4.2",
             "mean accuracy of Re-Basin merges (all backbones at once where there are ≥ 3, else aligned pairs)",
-            "≤ 1 % on CIFAR-100 (chance 1 %)", "held if the merges' mean accuracy is below twice chance")
+            "≤ 1 % on CIFAR-100 (chance 1 %)", "held if the merges' mean accuracy is below twice chance (n/a when "
+            "the merged models themselves average under four times chance: nothing to destroy)")
     many, pairs = ev.rebasin_many or [], ev.rebasin_pairs or []
     if not many and not pairs:
         return _na(*args, "no Re-Basin results (run `vitzoo average --method rebasin`)")
@@ -301,6 +302,9 @@ def rebasin_destroys(ev: Evidence) -> Finding:
     else:
         merged, what = [r["aligned_average_accuracy"] for r in pairs], f"{len(pairs)} aligned pairs"
     ends = [x for r in pairs for x in (r["accuracy_a"], r["accuracy_b"])]
+    if ends and _mean(ends) < 4 * chance:
+        return _na(*args, f"the models merged average {_pct(_mean(ends))}, under four times chance "
+                   f"({_pct(chance)}): there is nothing to destroy")
     note = f"{what}; chance {_pct(chance)}"
     if ends:
         note += f"; endpoints {_pct(min(ends))}–{_pct(max(ends))}"
