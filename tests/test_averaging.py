@@ -310,13 +310,15 @@ def test_soups_greedy_and_rebasin_on_smoke(smoke_all):
 
     greedy = greedy_soups(ev)
     assert len(greedy) == 4
-    for g in greedy:  # greedy never lowers held-out accuracy below its first ingredient's
+    for g in greedy:  # greedy never lowers selection accuracy below its first ingredient's
         first = g["chosen"].split()[0]
-        assert g["greedy_heldout_accuracy"] >= ev.checkpoint(first, split="heldout")["accuracy"]
+        assert g["greedy_select_accuracy"] >= ev.checkpoint(first, split="select")["accuracy"]
+        assert g["best_by_select_accuracy"] == ev.checkpoint(first, split="report")["accuracy"]
         assert 1 <= g["ingredients"] <= g["members"]
 
     pairs, curve, many = rebasin(ev)
     assert len(pairs) == 4 and many == []  # 4 fine-tuning settings, one pair of backbones each
+    assert {p["pair_type"] for p in pairs} == {"supervised–contrastive"}  # smoke: one backbone per task
     for p in pairs:  # weight matching only accepts improvements, so it never moves B away from A
         assert p["l2_aligned"] <= p["l2_naive"] + 1e-9
         ends = {(r["kind"], r["alpha"]): r["accuracy"] for r in curve
@@ -343,3 +345,104 @@ def test_average_from_the_hub_equals_from_the_folder(pubhub, tmp_path):
     assert all(i["repo_id"].startswith("zoo-org/") and len(i["commit"]) == 40 for i in info["ingredients"])
     card = (hub_out / "smoke-avg" / "README.md").read_text()
     assert "base_model_relation: merge" in card and info["ingredients"][0]["repo_id"] in card
+
+
+def test_running_average_never_averages_integers_nor_mixes_dtypes():
+    a = {"w": torch.tensor([1.0, 3.0]), "idx": torch.tensor([0, 1, 2])}
+    b = {"w": torch.tensor([3.0, 5.0]), "idx": torch.tensor([0, 1, 2])}
+    avg = RunningAverage()
+    avg.add(a, name="a")
+    avg.add(b, name="b")
+    out = avg.result()
+    assert torch.equal(out["w"], torch.tensor([2.0, 4.0])) and out["idx"].dtype == torch.int64
+    assert torch.equal(out["idx"], a["idx"])
+    with pytest.raises(ZooError, match="integer tensors are never averaged"):
+        avg.add({"w": b["w"], "idx": torch.tensor([2, 1, 0])}, name="c")
+    with pytest.raises(ZooError, match="mixed dtypes"):
+        avg.add({"w": b["w"].to(torch.bfloat16), "idx": a["idx"]}, name="d")
+    with pytest.raises(ZooError, match="mixed dtypes"):
+        avg.result({"w": b["w"].double(), "idx": a["idx"]})
+    assert avg.count == 2  # refused models were not added
+
+
+def test_validation_halves_are_disjoint_and_cover_validation(smoke_all):
+    from vitzoo_hf.averaging.methods import validation_halves
+    from vitzoo_hf.data import load_splits
+
+    d = smoke_all[0].finetuning.dataset
+    val = load_splits(d.name, d.max_train, d.max_validation)["validation"]
+    select, report = validation_halves(val)
+    key = lambda im: im.tobytes()  # noqa: E731 - the image content, not its index
+    s, r = {key(i) for i in select["image"]}, {key(i) for i in report["image"]}
+    assert not s & r and len(select) + len(report) == len(val) and abs(len(select) - len(report)) <= 1
+    assert s | r == {key(i) for i in val["image"]}
+
+
+def test_greedy_selection_never_sees_the_images_it_is_scored_on(smoke_all):
+    """Scramble the labels of the half the greedy soups are scored on: what they choose does not change (it is
+    chosen on the other half), while what they report does."""
+    from vitzoo_hf.averaging.methods import Evaluator, ZooEvaluation, evaluation_dataset, greedy_soups
+    from vitzoo_hf.zoo import Zoo
+
+    class ScrambledReport(ZooEvaluation):
+        def evaluator(self, name, split="validation"):
+            if split != "report":
+                return super().evaluator(name, split)
+            if "report" not in self._evaluators:
+                images, labels = evaluation_dataset(self.zoo.record(name), "report", False).tensors
+                labels = labels[torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))]
+                self._evaluators["report"] = Evaluator(torch.utils.data.TensorDataset(images, (labels + 1) % 10),
+                                                       self.batch_size, self.accelerator)
+            return self._evaluators["report"]
+
+    zoo = Zoo.from_dir(smoke_all[1])
+    honest = greedy_soups(ZooEvaluation(zoo, progress=False))
+    scrambled = greedy_soups(ScrambledReport(zoo, progress=False))
+    assert [g["chosen"] for g in honest] == [g["chosen"] for g in scrambled]
+    assert [g["greedy_select_accuracy"] for g in honest] == [g["greedy_select_accuracy"] for g in scrambled]
+    assert [g["greedy_accuracy"] for g in honest] != [g["greedy_accuracy"] for g in scrambled]
+
+
+def test_saved_average_loads_in_pipeline_without_vitzoo_hf(smoke_all, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from vitzoo_hf.cli import main
+
+    out = tmp_path / "avg"
+    assert main(["average", str(smoke_all[1]), "--method", "soup", "--factors", "optimizer", "--out", str(out),
+                 "--save-model", "souped"]) == 0
+    saved = out / "souped"
+    assert (saved / "preprocessor_config.json").is_file()
+    image = tmp_path / "x.png"
+    from vitzoo_hf.data import load_splits
+
+    d = smoke_all[0].finetuning.dataset
+    load_splits(d.name, d.max_train, d.max_validation)["validation"][0]["image"].save(image)
+    script = f"""
+import json, sys
+from transformers import AutoImageProcessor, pipeline
+AutoImageProcessor.from_pretrained({str(saved)!r})
+clf = pipeline("image-classification", model={str(saved)!r}, trust_remote_code=True)
+assert "vitzoo_hf" not in sys.modules, "vitzoo_hf was imported"
+print(json.dumps(clf({str(image)!r}, top_k=1)[0]["label"]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    config = json.loads((saved / "config.json").read_text())
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) in config["id2label"].values()
+
+
+def test_epoch_averaging_at_several_windows(smoke_all, tmp_path):
+    import csv
+
+    from vitzoo_hf.cli import main
+
+    out = tmp_path / "w"
+    assert main(["average", str(smoke_all[1]), "--method", "epochs", "--window", "1", "2", "--out", str(out)]) == 0
+    w1 = list(csv.DictReader(open(out / "epochs_w1.csv")))
+    w2 = list(csv.DictReader(open(out / "epochs_w2.csv")))
+    assert len(w1) == len(w2) == 8 and all(float(r["gain"]) == 0 for r in w1)  # a window of one is the checkpoint
+    assert (out / "epochs.csv").read_text() == (out / "epochs_w2.csv").read_text()  # the largest is the main one
+    assert "| 1 | 8 |" in (out / "summary.md").read_text() and (out / "fig_gain_vs_ggap.png").stat().st_size

@@ -88,3 +88,39 @@ def test_bad_out_is_refused_without_touching_it(tmp_path, capsys):
     assert main(["demo", "--blueprint", "smoke", "--out", str(precious)]) == 2
     assert "not a vitzoo demo" in capsys.readouterr().err
     assert [p.name for p in precious.iterdir()] == ["thesis.tex"]
+
+
+def test_closing_hints_work_as_printed(demo, tmp_path):
+    """The commands the demo prints at the end run as printed for this demo's paths (only the port is swapped for
+    a free one, as other servers may hold the default; `vitzoo` is the installed console script)."""
+    import os
+    import shutil
+    import socket
+
+    from vitzoo_hf.demo import HINT_PORT, Demo, next_steps
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve, load, train, analyze = (c.replace(str(HINT_PORT), str(port))
+                                   for c in next_steps(Demo(demo, "smoke"), "vitzoo-demo/smoke-metadata"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if shutil.which("vitzoo") is None:  # a source checkout: the console script pip would install
+        (bin_dir / "vitzoo").write_text(f"#!/bin/sh\nexec {sys.executable} -m vitzoo_hf.cli \"$@\"\n")
+        (bin_dir / "vitzoo").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    server = subprocess.Popen(["bash", "-c", f"exec {serve}"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, env=env)
+    try:
+        assert "serving" in server.stdout.readline()
+        outputs = []
+        for cmd in (load, train, analyze):
+            proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, env=env, cwd=tmp_path)
+            assert proc.returncode == 0, (cmd, proc.stderr[-2000:])
+            outputs.append(proc.stdout)
+        assert "SGD models" in outputs[0]
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert (demo / "analysis" / "findings.md").is_file()

@@ -71,8 +71,9 @@ def _analyze(args: argparse.Namespace) -> None:
     from vitzoo_hf.analysis.run import analyze
 
     written = analyze(args.source, args.out, threshold=args.threshold, update_metadata=args.update_metadata,
-                      distances=args.distances)
-    print(f"wrote {len(written)} files to {args.out}: tables.md (all tables), "
+                      distances=args.distances, averaging=args.averaging, lineage=args.lineage,
+                      statistics=args.statistics)
+    print(f"wrote {len(written)} files to {args.out}: findings.md (the paper's findings, checked), tables.md, "
           f"table{{1,2,6,7,8}}.{{md,csv,tex}}, checkpoint_stats.csv, distance_matrix.csv, *.png")
 def _lineage(args: argparse.Namespace) -> None:
     from vitzoo_hf.lineage.report import run_table3
@@ -141,6 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distances", choices=("auto", "exact", "sketch"), default="auto",
                    help="distances between final checkpoints: exact (weights) or estimated from the metadata's "
                         "sketches; auto: exact for a folder, sketches for a published zoo (default)")
+    p.add_argument("--averaging", default=None,
+                   help="folder of `vitzoo average` results (subfolders epochs/, soup/, rebasin/): checks the "
+                        "averaging findings too")
+    p.add_argument("--lineage", default=None,
+                   help="--out folder of `vitzoo lineage --experiment table3`: checks the lineage finding too")
+    p.add_argument("--statistics", choices=("matrices", "per-matrix", "flat"), default="matrices",
+                   help="weight statistics over: the blocks' weight matrices flattened together (default; of the "
+                        "paper's order on ViT-S), each matrix then averaged (per-matrix), or every backbone "
+                        "parameter including LayerNorm and embeddings (flat)")
     p.set_defaults(func=_analyze)
     p = sub.add_parser("lineage", help="lineage recovery (MoTHeR and ours) with the paper's Table 3 protocol")
     p.add_argument("source", help="a zoo folder (vitzoo generate --out) or a published zoo's metadata repo id")
@@ -165,7 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, choices=["epochs", "soup", "greedy-soup", "rebasin"])
     p.add_argument("--out", required=True, help="folder for tables (Markdown, CSV), figures (PNG) and models")
     p.add_argument("--models", nargs="+", metavar="NAME", help="only these models (default: every classifier)")
-    p.add_argument("--window", type=int, default=5, help="epochs: checkpoints per average (default 5)")
+    p.add_argument("--window", type=int, nargs="+", default=[5],
+                   help="epochs: checkpoints per average; several (e.g. 2 3 5) give Fig. 2a at each window, the "
+                        "longitudinal study at the largest (default 5)")
     p.add_argument("--factors", nargs="+", choices=["head_seed", "lr", "optimizer", "head"],
                    help="soup: the factors to vary, one at a time (default: all four)")
     p.add_argument("--save-model", metavar="NAME",

@@ -1,7 +1,7 @@
 """`vitzoo demo`: a whole zoo end to end on one machine, and a report a researcher wants to read.
 
     generate (resumable, every core) ─► local Hub (embedded, persisted under DIR/hub) ─► publish
-        ─► analysis ─► lineage ─► averaging (all three read only from the Hub) ─► DIR/report/index.{md,html}
+        ─► lineage ─► averaging ─► analysis + findings (all three read only from the Hub) ─► DIR/report/index.{md,html}
 
 Each stage records what it consumed in DIR/demo_state.json (the zoo's manifests, the metadata dataset's commit), so
 a second run skips finished work and takes seconds; a stage interrupted (Ctrl-C, a crash, a full disk) leaves
@@ -27,10 +27,12 @@ from vitzoo_hf.errors import ZooError
 
 NAMESPACE = "vitzoo-demo"
 STATE_FILE = "demo_state.json"
+HINT_PORT = 8470  # `vitzoo hub serve`'s default port, used by the closing hints
 # Rough stage durations on 2 CPU cores (seconds), for the time-left estimate before a stage has run once.
 EXPECTED = {"smoke": {"generate": 15, "publish": 15, "analysis": 3, "lineage": 2, "averaging": 5, "report": 1},
             "mini": {"generate": 510, "publish": 175, "analysis": 3, "lineage": 25, "averaging": 65, "report": 1}}
-STAGES = ("generate", "publish", "analysis", "lineage", "averaging", "report")
+# analysis last: its findings check the lineage and averaging results too
+STAGES = ("generate", "publish", "lineage", "averaging", "analysis", "report")
 
 
 @dataclass
@@ -154,7 +156,7 @@ def run_demo(out: str | Path = "vitzoo-demo", blueprint: str = "mini", progress:
         with local_hub(demo.hub_dir, user=NAMESPACE) as hub:
             stage = "publish"
             meta_repo, meta_sha = _publish(demo, clock, key, hub.endpoint, progress)
-            for stage, fn in (("analysis", _analysis), ("lineage", _lineage), ("averaging", _averaging)):
+            for stage, fn in (("lineage", _lineage), ("averaging", _averaging), ("analysis", _analysis)):
                 _cached_stage(demo, clock, stage, meta_sha, lambda fn=fn: fn(demo, meta_repo))
             stage = "report"
             key = json.dumps([meta_sha, *(demo.state[s]["key"] for s in ("analysis", "lineage", "averaging"))])
@@ -251,7 +253,8 @@ def _analysis(demo: Demo, meta_repo: str) -> dict[str, Any]:
     from vitzoo_hf.analysis.run import analyze
 
     out = demo.report_dir / "analysis"
-    written = analyze(meta_repo, out, update_metadata=False, progress=demo.progress)
+    written = analyze(meta_repo, out, update_metadata=False, progress=demo.progress,
+                      averaging=demo.report_dir / "averaging", lineage=demo.report_dir / "lineage")
     return {"files": len(written)}
 
 
@@ -270,23 +273,49 @@ def _averaging(demo: Demo, meta_repo: str) -> dict[str, Any]:
     from vitzoo_hf.averaging.report import run
     from vitzoo_hf.blueprint import load_blueprint
 
-    window = min(5, load_blueprint(demo.blueprint).finetuning.epochs)  # the paper's last 5, or all smoke has
+    epochs = load_blueprint(demo.blueprint).finetuning.epochs
+    windows = sorted({min(w, epochs) for w in (2, 3, 5)})  # Fig. 2a at several windows; the paper's is 5
     summaries = {}
     for method in AVERAGING_METHODS:
-        result = run(meta_repo, method, demo.report_dir / "averaging" / method, window=window, progress=demo.progress)
+        result = run(meta_repo, method, demo.report_dir / "averaging" / method, window=windows,
+                     progress=demo.progress)
         summaries[method] = result["summary"]
     return {"summaries": summaries}
 
 
-def _print_next_steps(demo: Demo, meta_repo: str, index: Path) -> None:
+def next_steps(demo: Demo, meta_repo: str) -> list[str]:
+    """Shell commands that work as printed for this demo's paths (tested): serve its Hub, load a model and the
+    metadata from it, re-run one model's training on the demo's zoo folder (it finds the model complete and checks
+    its recorded settings; point --out at a new folder holding its parent to retrain it), and re-check the
+    findings."""
+    import shlex
+
     from vitzoo_hf.blueprint import expand, load_blueprint
 
     child = next(m for m in expand(load_blueprint(demo.blueprint)) if m.stage == "finetuning")
+    q = shlex.quote
+    load = (f"from transformers import AutoModelForImageClassification as M; "
+            f"m = M.from_pretrained('{NAMESPACE}/{child.name}', revision='epoch-001', trust_remote_code=True); "
+            f"from datasets import load_dataset; "
+            f"t = load_dataset('{meta_repo}', 'models', split='train').filter(lambda r: r['optimizer'] == 'sgd'); "
+            "print(type(m).__name__, len(t), 'SGD models')")
+    return [f"vitzoo hub serve --root {q(str(demo.hub_dir))} --port {HINT_PORT}",
+            f"HF_ENDPOINT=http://127.0.0.1:{HINT_PORT} HF_HUB_DISABLE_XET=1 python -c {q(load)}",
+            f"accelerate launch -m vitzoo_hf.training --blueprint {demo.blueprint} --model {child.name} "
+            f"--out {q(str(demo.zoo_dir))}",
+            f"vitzoo analyze {q(str(demo.zoo_dir))} --out {q(str(demo.out / 'analysis'))} "
+            f"--averaging {q(str(demo.report_dir / 'averaging'))} --lineage {q(str(demo.report_dir / 'lineage'))}"]
+
+
+def _print_next_steps(demo: Demo, meta_repo: str, index: Path) -> None:
     times = ", ".join(f"{s} {_fmt(demo.timings.get(s, 0))}" for s in STAGES)
+    serve, load, train, analyze = next_steps(demo, meta_repo)
     print(f"\nDone ({times}). Report: {index}\n")
-    print(f"Next, with the local Hub running (`vitzoo hub serve --root {demo.hub_dir}`, then export the HF_ENDPOINT "
-          "it prints):")
-    print(f'  AutoModelForImageClassification.from_pretrained("{NAMESPACE}/{child.name}", revision="epoch-001", '
-          "trust_remote_code=True)")
-    print(f'  load_dataset("{meta_repo}", "models", split="train").filter(lambda r: r["optimizer"] == "sgd")')
-    print(f"  accelerate launch -m vitzoo_hf.training --blueprint {demo.blueprint} --model {child.name} --out zoo")
+    print("Next: serve the demo's Hub (leave it running):")
+    print(f"  {serve}")
+    print("load a model and the metadata from it (in another shell):")
+    print(f"  {load}")
+    print("re-run one model's training on the demo's zoo (finds it complete and checks its settings):")
+    print(f"  {train}")
+    print("re-check the paper's findings from the zoo folder:")
+    print(f"  {analyze}")

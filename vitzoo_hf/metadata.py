@@ -24,7 +24,13 @@ from vitzoo_hf.errors import ZooError
 CONFIGS = ("models", "checkpoints", "predictions", "labels")
 METRICS = ("train_loss", "train_accuracy", "validation_loss", "validation_accuracy", "validation_examples",
            "train_objective", "seconds")
-ANALYSIS_COLUMNS = ("skewness", "kurtosis", "l2_norm", "l2_to_parent", "sketch")
+# Weight statistics under each definition of vitzoo_hf.analysis.weights.DEFINITIONS (the unsuffixed columns
+# hold the default definition's, "matrices"); kept in step with analysis.checkpoint.DEFINITION_COLUMNS.
+STAT_DEFINITIONS = {"matrices": "the blocks' weight matrices flattened together (no LayerNorm, biases, embeddings)",
+                    "per_matrix": "each block weight matrix's own value, averaged over the matrices",
+                    "flat": "every backbone parameter flattened together (LayerNorm, biases, embeddings included)"}
+DEFINITION_COLUMNS = tuple(f"{s}_{d}" for d in STAT_DEFINITIONS for s in ("skewness", "kurtosis", "l2_norm"))
+ANALYSIS_COLUMNS = ("skewness", "kurtosis", "l2_norm", "l2_to_parent", "sketch", *DEFINITION_COLUMNS)
 # Files of a checkpoint folder that are not published (optimizer state: large and only useful to resume).
 UNPUBLISHED_FILES = frozenset({layout.TRAINING_STATE_FILE})
 
@@ -43,6 +49,7 @@ FEATURES: dict[str, Features] = {
         "validation_examples": _I64, "train_objective": _F64, "seconds": _F64,
         "weights_sha256": _STR, "weights_size": _I64,
         "skewness": _F64, "kurtosis": _F64, "l2_norm": _F64, "l2_to_parent": _F64, "sketch": List(_F64),
+        **{c: _F64 for c in DEFINITION_COLUMNS},
     }),
     "predictions": Features({
         "name": _STR, "repo_id": _STR, "branch": _STR, "epoch": _I64, "validation_set": _STR,
@@ -93,11 +100,13 @@ COLUMNS: dict[str, dict[str, str]] = {
         "seconds": "wall time of the epoch (training + evaluation)",
         "weights_sha256": "sha256 of `model.safetensors` (= the LFS oid on the Hub)",
         "weights_size": "size of `model.safetensors` in bytes",
-        "skewness": "skewness of all weights (flattened); null if not computed",
-        "kurtosis": "excess kurtosis of all weights; null if not computed",
-        "l2_norm": "L2 norm of the backbone weights; null if not computed",
+        "skewness": "skewness of the backbone's block weight matrices (definition `matrices`); null if not computed",
+        "kurtosis": "excess kurtosis of the backbone's block weight matrices (`matrices`); null if not computed",
+        "l2_norm": "L2 norm of the backbone's block weight matrices (`matrices`); null if not computed",
         "l2_to_parent": "L2 distance of the backbone to the parent's final backbone (fine-tunes); null otherwise",
         "sketch": "a fixed random projection of the backbone weights (for fast similarity); null if not computed",
+        **{f"{s}_{d}": f"{s.replace('_', ' ')} under definition `{d.replace('_', '-')}`: {what}"
+           for d, what in STAT_DEFINITIONS.items() for s in ("skewness", "kurtosis", "l2_norm")},
     },
     "predictions": {
         "name": "model name",

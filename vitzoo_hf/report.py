@@ -7,26 +7,47 @@ those files as they are, in a fixed order, so the page always shows exactly what
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vitzoo_hf.demo import Demo
 
-# section → (title, introduction, the pages it embeds (globs under report/<section>/, in order))
-SECTIONS = {
-    "analysis": ("Population analysis (paper Tables 1, 2, 6, 7, 8)",
-                 "Accuracy, generalisation gap (recorded train accuracy on clean training images minus validation "
-                 "accuracy), prediction agreement and weight statistics, computed from the published metadata and "
-                 "weights on the Hub.", ("tables.md",)),
-    "lineage": ("Lineage recovery (paper Table 3)",
-                "MoTHeR as the paper specifies it, beside our method, on sub-zoos drawn as in Table 3; mean ± std "
-                "over random draws. Paper (MoTHeR on the full zoo): epochs acc 0.997 / F1 0.817; seed F1 0.09, "
-                "lr 0.08, head 0.08, optimizer 0.00.", ("table3.md",)),
-    "averaging": ("Weight averaging (paper Figs. 2 and 3, Git Re-Basin)",
-                  "Epoch averages, model soups and Git Re-Basin merges, evaluated on the validation split.",
-                  ("epochs/summary.md", "soup/summary.md", "greedy-soup/summary.md", "rebasin/summary.md")),
-}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One part of the report: `folder` is the stage's folder under report/, `pages` globs of the Markdown it
+    embeds (in order); `figures` / `tables`: whether its PNGs are shown and its CSVs linked. Add a section by
+    appending to SECTIONS (e.g. a weight-space study writing under report/weightspace/)."""
+
+    folder: str
+    title: str
+    intro: str
+    pages: tuple[str, ...]
+    figures: bool = True
+    tables: bool = True
+
+
+SECTIONS: list[Section] = [
+    Section("analysis", "The paper's findings, checked on this zoo",
+            "Each finding of the paper's Sections 3–4 and Appendix A as a computed check: the statistic, the "
+            "paper's value, this zoo's value and the rule that decides (`vitzoo analyze --averaging --lineage`).",
+            ("findings.md",), figures=False, tables=False),
+    Section("analysis", "Population analysis (paper Tables 1, 2, 6, 7, 8)",
+            "Accuracy, generalisation gap (recorded train accuracy on clean training images minus validation "
+            "accuracy), prediction agreement and weight statistics, computed from the published metadata and "
+            "weights on the Hub.", ("tables.md",)),
+    Section("lineage", "Lineage recovery (paper Table 3)",
+            "MoTHeR as the paper specifies it, beside our method, on sub-zoos drawn as in Table 3; mean ± std "
+            "over random draws. Paper (MoTHeR on the full zoo): epochs acc 0.997 / F1 0.817; seed F1 0.09, "
+            "lr 0.08, head 0.08, optimizer 0.00.", ("table3.md",)),
+    Section("averaging", "Weight averaging (paper Figs. 2 and 3, Git Re-Basin)",
+            "Epoch averages, model soups and Git Re-Basin merges. Greedy soups and their best-member baseline "
+            "choose on one half of the validation split and are scored on the other half.",
+            ("epochs/summary.md", "soup/summary.md", "greedy-soup/summary.md", "rebasin/summary.md")),
+]
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}
 th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
@@ -34,11 +55,11 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-widt
 code,pre{background:#f6f6f6}pre{padding:.6em;overflow-x:auto}h1,h2,h3{border-bottom:1px solid #eee}"""
 
 
-def _section_files(folder: Path, pages: tuple[str, ...]) -> tuple[list[Path], list[Path]]:
+def _section_files(folder: Path, section: Section) -> tuple[list[Path], list[Path]]:
     if not folder.is_dir():
         return [], []
-    mds = [p for pattern in pages for p in sorted(folder.glob(pattern))]
-    return mds, sorted(folder.rglob("*.png"))
+    mds = [p for pattern in section.pages for p in sorted(folder.glob(pattern))]
+    return mds, sorted(folder.rglob("*.png")) if section.figures else []
 
 
 def _demote(markdown: str) -> str:
@@ -56,15 +77,17 @@ def render_markdown(demo: Demo, meta_repo: str) -> str:
              f"{int((models.stage == 'finetuning').sum())} fine-tuned) of the `{demo.blueprint}` blueprint, generated "
              f"with `vitzoo generate`, published to the embedded local Hub (`{demo.hub_dir}`) and analysed from the "
              f"Hub alone: metadata dataset `{meta_repo}`, one model repo per model with a branch per epoch.", ""]
-    for stage, (title, intro, pages) in SECTIONS.items():
-        mds, pngs = _section_files(demo.report_dir / stage, pages)
-        lines += ["", f"## {title}", "", intro, ""]
+    for section in SECTIONS:
+        stage = section.folder
+        mds, pngs = _section_files(demo.report_dir / stage, section)
+        lines += ["", f"## {section.title}", "", section.intro, ""]
         for md in mds:
             lines += [_demote(md.read_text()).strip(), ""]
         for png in pngs:
             rel = png.relative_to(demo.report_dir)
             lines += [f"![{rel.stem}]({rel.as_posix()})", ""]
-        csvs = sorted((demo.report_dir / stage).rglob("*.csv")) if (demo.report_dir / stage).is_dir() else []
+        folder = demo.report_dir / stage
+        csvs = sorted(folder.rglob("*.csv")) if section.tables and folder.is_dir() else []
         if csvs:  # every row of every table, for a spreadsheet or pandas
             links = ", ".join(f"[{c.relative_to(demo.report_dir / stage).as_posix()}]"
                               f"({c.relative_to(demo.report_dir).as_posix()})" for c in csvs)
@@ -73,8 +96,10 @@ def render_markdown(demo: Demo, meta_repo: str) -> str:
             lines += ["(this stage wrote nothing)", ""]
     lines += ["## Every model on the Hub", "", "| repo | stage | parent | validation accuracy |", "|---|---|---|---|"]
     for row in models.itertuples():
-        acc = "" if row.validation_accuracy is None else f"{row.validation_accuracy:.3f}"
-        lines.append(f"| `{row.repo_id}` | {row.stage} | {row.parent_repo_id or '—'} | {acc} |")
+        acc = "—" if row.validation_accuracy is None or row.validation_accuracy != row.validation_accuracy \
+            else f"{row.validation_accuracy:.3f}"
+        parent = row.parent_repo_id if isinstance(row.parent_repo_id, str) and row.parent_repo_id else "—"
+        lines.append(f"| `{row.repo_id}` | {row.stage} | {parent} | {acc} |")
     return "\n".join(lines) + "\n"
 
 

@@ -82,13 +82,13 @@ def distance_matrix(pop: Population, path: Path) -> Path:
     """The L2 distance matrix of the final checkpoints (pre-trained first, then fine-tunes by parent)."""
     plt = _plt()
     n = len(pop.distance_names)
-    fig, ax = plt.subplots(figsize=(min(4 + 0.18 * n, 16), min(3.4 + 0.18 * n, 15)))
+    fig, ax = plt.subplots(figsize=(min(5 + 0.12 * n, 22), min(4.4 + 0.12 * n, 21)))
     im = ax.imshow(pop.distances, cmap="viridis")
     fig.colorbar(im, ax=ax, label="L2 distance")
-    if n <= 40:
-        labels = [_short(name) for name in pop.distance_names]
-        ax.set_xticks(range(n), labels, rotation=90, fontsize=6)
-        ax.set_yticks(range(n), labels, fontsize=6)
+    labels = [_short(name) for name in pop.distance_names]  # every model by name, however many
+    size = max(2.5, min(6.0, 400 / max(n, 1)))
+    ax.set_xticks(range(n), labels, rotation=90, fontsize=size)
+    ax.set_yticks(range(n), labels, fontsize=size)
     how = "estimated from sketches" if pop.distance_method == "sketch" else "exact"
     ax.set_title(f"zoo {pop.name}: L2 distances between\nfinal checkpoints ({how})", fontsize=10)
     fig.tight_layout()

@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from vitzoo_hf.analysis.checkpoint import STAT_COLUMNS, checkpoint_statistics
+from vitzoo_hf.analysis.checkpoint import STAT_COLUMNS, WEIGHT_STATS, checkpoint_statistics, column
+from vitzoo_hf.analysis.weights import DEFAULT_DEFINITION, check_definition
 from vitzoo_hf.errors import ZooError
 
 DISTANCE_METHODS = ("auto", "exact", "sketch")
@@ -33,6 +34,7 @@ class Population:
     distances: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
     distance_method: str = "exact"
     filled: int = 0  # checkpoints whose statistics were computed here (missing from the metadata)
+    statistics: str = DEFAULT_DEFINITION  # the weight-statistics definition in `models` (analysis.weights)
 
     def select(self, **factors: Any) -> list[dict[str, Any]]:
         return [m for m in self.models if all(m.get(k) == v for k, v in factors.items())]
@@ -50,19 +52,24 @@ class Population:
         return float(self.distances[i, j])
 
 
-def _missing(row: dict[str, Any], has_parent: bool) -> bool:
-    return (any(row.get(c) is None for c in ("skewness", "kurtosis", "l2_norm", "sketch"))
+def _missing(row: dict[str, Any], has_parent: bool, definition: str = DEFAULT_DEFINITION) -> bool:
+    """Statistics to compute: the definition's own columns (metadata published before they existed has only the
+    unsuffixed ones, whose definition was then `flat`: they are never taken for another)."""
+    return (any(row.get(c) is None for c in (*(column(s, definition) for s in WEIGHT_STATS), "sketch"))
             or (has_parent and row.get("l2_to_parent") is None))
 
 
-def collect(zoo, distances: str = "auto", local: bool | None = None, progress: bool = True) -> Population:
+def collect(zoo, distances: str = "auto", local: bool | None = None, progress: bool = True,
+            statistics: str = DEFAULT_DEFINITION) -> Population:
     """Read `zoo` (a `vitzoo_hf.zoo.Zoo`) into a `Population`.
 
     `distances`: "exact" (from the weights), "sketch" (from the metadata's sketches) or "auto" (exact for a local
     zoo, sketches for a published one when every final checkpoint has one). `local`: whether the weights are on
-    disk (default: the zoo has a `root` folder)."""
+    disk (default: the zoo has a `root` folder). `statistics`: the weight-statistics definition the models'
+    skewness, kurtosis and L2 norm follow (`analysis.weights.DEFINITIONS`)."""
     from tqdm.auto import tqdm
 
+    check_definition(statistics)
     if distances not in DISTANCE_METHODS:
         raise ZooError(f"unknown distance method {distances!r}; allowed: {', '.join(DISTANCE_METHODS)}")
     local = hasattr(zoo, "root") if local is None else local
@@ -73,7 +80,7 @@ def collect(zoo, distances: str = "auto", local: bool | None = None, progress: b
         raise ZooError(f"zoo {zoo.name!r} has no complete model yet; train it first (`vitzoo generate`)")
     checkpoints = [dict(r) for r in zoo.checkpoints]
 
-    todo = [c for c in checkpoints if _missing(c, by_name.get(c["name"], {}).get("parent") is not None)]
+    todo = [c for c in checkpoints if _missing(c, by_name.get(c["name"], {}).get("parent") is not None, statistics)]
     for c in tqdm(todo, desc="weight statistics", unit="ckpt", disable=not progress or not todo):
         parent = by_name[c["name"]].get("parent")
         parent_path = zoo.weights_path(parent) if parent else None
@@ -85,12 +92,13 @@ def collect(zoo, distances: str = "auto", local: bool | None = None, progress: b
         ckpt = final.get((r["name"], r["final_epoch"]))
         if ckpt is None:
             continue
-        m = {**r, **{k: ckpt.get(k) for k in STAT_COLUMNS}}
+        m = {**r, **{k: ckpt.get(k) for k in STAT_COLUMNS},
+             **{s: ckpt.get(column(s, statistics)) for s in WEIGHT_STATS}}
         m["predictions"] = (np.asarray(zoo.predictions(r["name"]), dtype=np.int64)
                             if r["stage"] == "finetuning" else None)
         models.append(m)
 
-    pop = Population(zoo.name, models, checkpoints, filled=len(todo))
+    pop = Population(zoo.name, models, checkpoints, filled=len(todo), statistics=statistics)
     method = distances
     if method == "auto":
         method = "exact" if local or any(m["sketch"] is None for m in models) else "sketch"

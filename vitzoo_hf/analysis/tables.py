@@ -191,7 +191,8 @@ def table1(pop: Population) -> Table:
     cols = [Column("λP", ""), Column("Accuracy"), Column("Skewness", ".3f"), Column("Kurtosis"),
             Column("L2 norm", "sig"), Column("L2 within cluster", "sig"), Column("L2 between cluster", "sig")]
     notes = ["Accuracy: validation accuracy (%) of the supervised pre-trained models (contrastive ones: Table 8).",
-             "Weight statistics over each final backbone (head excluded); L2 within cluster: fine-tuned models to "
+             f"Weight statistics of each final backbone, definition `{pop.statistics}` (vitzoo analyze "
+             "--statistics); L2 within cluster: fine-tuned models to "
              "their pre-trained ancestor; between cluster: pairwise between pre-trained models "
              f"({'estimated from the metadata sketches' if pop.distance_method == 'sketch' else 'exact'})."]
     return _with_paper(pop, Table("table1", "Table 1: pre-trained models", cols, rows, keys, 1, notes))

@@ -5,6 +5,9 @@ shifted by an estimate of the tensor's mean (the mean of ~1000 evenly spaced ent
 moments free of cancellation without a second pass. Tensors are then merged exactly with the pairwise update
 formulas for central moments (Chan et al.; Pébay 2008). Skewness and kurtosis are the biased (population)
 Fisher definitions, i.e. `scipy.stats.skew(x)` and `scipy.stats.kurtosis(x)` with their defaults.
+
+The paper does not say over which weights its statistics are taken, so three definitions are offered
+(`DEFINITIONS`); `benchmarks/stat_definitions.py` shows which one gives values of the paper's order on a ViT-S.
 """
 
 from __future__ import annotations
@@ -103,23 +106,64 @@ class Moments:
         return {"skewness": self.skewness, "kurtosis": self.kurtosis, "l2_norm": self.l2_norm, "count": self.n}
 
 
+DEFINITIONS = {
+    "matrices": "the transformer blocks' weight matrices (attention and MLP projections) flattened together: no "
+                "LayerNorm, no biases, no embeddings, no head",
+    "per-matrix": "each of those weight matrices' own skewness and kurtosis, averaged over the matrices (L2 norm: "
+                  "of the matrices together)",
+    "flat": "every backbone parameter flattened together (LayerNorm gains and biases, embeddings included)",
+}
+DEFAULT_DEFINITION = "matrices"  # of the paper's order on a ViT-S (benchmarks/stat_definitions.py; README)
+
+
+def check_definition(definition: str) -> str:
+    from vitzoo_hf.errors import ZooError
+
+    if definition not in DEFINITIONS:
+        raise ZooError(f"unknown weight-statistics definition {definition!r}; choose from "
+                       f"{', '.join(DEFINITIONS)} (default {DEFAULT_DEFINITION})")
+    return definition
+
+
+def is_block_matrix(name: str, shape: tuple[int, ...]) -> bool:
+    """A 2-D weight of a linear layer outside the embeddings and the head (normalised key)."""
+    return len(shape) == 2 and name.endswith(".weight") and not name.startswith(("embeddings.", "classifier."))
+
+
+def by_definition(parts: Mapping[str, tuple[tuple[int, ...], Moments]]) -> dict[str, dict[str, float]]:
+    """{definition: {skewness, kurtosis, l2_norm}} from per-tensor moments (normalised name -> (shape, moments))."""
+    flat_m = sum((m for _, m in parts.values()), Moments())
+    mats = [m for name, (shape, m) in sorted(parts.items()) if is_block_matrix(name, shape)]
+    mat_m = sum(mats, Moments())
+    nan = math.nan
+    per = {"skewness": float(np.mean([m.skewness for m in mats])) if mats else nan,
+           "kurtosis": float(np.mean([m.kurtosis for m in mats])) if mats else nan,
+           "l2_norm": mat_m.l2_norm if mats else nan}
+    out = {"flat": flat_m.summary(), "matrices": mat_m.summary() if mats else dict(per), "per-matrix": per}
+    return {k: {s: v[s] for s in ("skewness", "kurtosis", "l2_norm")} for k, v in out.items()}
+
+
 def moments(tensors: Iterable) -> Moments:
     """The moments of several tensors taken together (as if flattened and concatenated)."""
     return sum((Moments.of(t) for t in tensors), Moments())
 
 
 def weight_statistics(weights: Mapping | str | Path, scope: str = "backbone",
-                      per_tensor: bool = False) -> dict:
+                      per_tensor: bool = False, definition: str = "flat") -> dict:
     """Skewness, excess kurtosis and L2 norm of a checkpoint's weights (a safetensors path, or a mapping of
     normalised names to tensors, taken as given).
 
     `scope`: "backbone" (default: every parameter except the classification head) or "all". `per_tensor=True`
-    returns {name: statistics} instead of one summary over the flattened scope."""
+    returns {name: statistics} instead of one summary over the flattened scope. `definition` (of `DEFINITIONS`):
+    "flat" (default here: the whole scope, with its element count) or one restricted to weight matrices."""
+    check_definition(definition)
     if isinstance(weights, Mapping):
-        parts = {k: Moments.of(v) for k, v in sorted(weights.items())}
+        parts = {k: (tuple(np.shape(v)), Moments.of(v)) for k, v in sorted(weights.items())}
     else:
         with open_checkpoint(weights, scope) as ckpt:
-            parts = {k: Moments.of(v) for k, v in ckpt.items()}
+            parts = {k: (ckpt.shape(k), Moments.of(v)) for k, v in ckpt.items()}
     if per_tensor:
-        return {k: m.summary() for k, m in parts.items()}
-    return sum(parts.values(), Moments()).summary()
+        return {k: m.summary() for k, (_, m) in parts.items()}
+    if definition != "flat":
+        return by_definition(parts)[definition]
+    return sum((m for _, m in parts.values()), Moments()).summary()

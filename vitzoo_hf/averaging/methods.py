@@ -35,8 +35,10 @@ SOUP_FACTORS = ("head_seed", "lr", "optimizer", "head")
 FINETUNING_FACTORS = ("parent", "dataset", "head", "head_seed", "optimizer", "lr", "weight_decay", "momentum",
                       "epochs", "batch_size")
 _VARIES_WITH = {"optimizer": ("momentum",)}  # momentum is recorded for SGD only
-HELDOUT_FRACTION = 0.2  # greedy soup: a stratified part of the training split, fixed by HELDOUT_SEED
-HELDOUT_SEED = 0
+# Greedy soups choose on one half of the validation split ("select") and are scored on the other ("report"):
+# a stratified split fixed by HALVES_SEED, so no comparison is chosen and scored on the same images.
+HALVES_SEED = 0
+SPLITS = ("validation", "select", "report")
 CACHE_LIMIT_BYTES = 1 << 30  # evaluation images up to this size are transformed once and kept as one tensor
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -44,10 +46,15 @@ CACHE_LIMIT_BYTES = 1 << 30  # evaluation images up to this size are transformed
 
 
 class RunningAverage:
-    """Σ wᵢ·θᵢ / Σ wᵢ over state dicts added one at a time, accumulated in float64."""
+    """Σ wᵢ·θᵢ / Σ wᵢ over state dicts added one at a time, accumulated in float64.
+
+    Only floating-point tensors are averaged. Integer (and bool) tensors -- index buffers, counters -- are never
+    averaged: every model must carry the same values, which the result keeps. A weight stored in different dtypes
+    by different models is refused rather than silently mixed."""
 
     def __init__(self) -> None:
         self._sum: dict[str, torch.Tensor] = {}
+        self._fixed: dict[str, torch.Tensor] = {}  # non-float tensors: identical in every model, kept as they are
         self._dtypes: dict[str, torch.dtype] = {}
         self._first = ""
         self.total_weight = 0.0
@@ -57,39 +64,53 @@ class RunningAverage:
         if not weight > 0:
             raise ZooError(f"averaging weight {weight} for {name or 'a model'} must be > 0")
         name = name or f"model #{self.count + 1}"
-        if not self._sum:
+        if not self._dtypes:
             self._first = name
             self._dtypes = {k: v.dtype for k, v in state_dict.items()}
-            self._sum = {k: v.detach().to(torch.float64) * weight for k, v in state_dict.items()}
+            self._fixed = {k: v.detach().clone() for k, v in state_dict.items() if not v.is_floating_point()}
+            self._sum = {k: v.detach().to(torch.float64) * weight for k, v in state_dict.items()
+                         if v.is_floating_point()}
         else:
             self._check(state_dict, name)
-            for k, v in state_dict.items():
-                self._sum[k].add_(v.detach().to(torch.float64), alpha=weight)
+            for k, s in self._sum.items():
+                s.add_(state_dict[k].detach().to(torch.float64), alpha=weight)
         self.total_weight += weight
         self.count += 1
 
     def _check(self, state_dict: StateDict, name: str) -> None:
-        missing, extra = sorted(set(self._sum) - set(state_dict)), sorted(set(state_dict) - set(self._sum))
+        missing, extra = sorted(set(self._dtypes) - set(state_dict)), sorted(set(state_dict) - set(self._dtypes))
         if missing or extra:
             what = f"lacks {missing[:3]}" if missing else f"has extra {extra[:3]}"
             raise ZooError(f"{name} cannot be averaged with {self._first}: it {what} (different architecture or "
                            "head); average only models of one architecture, or their backbones")
         for k, v in state_dict.items():
-            if v.shape != self._sum[k].shape:
+            if v.dtype != self._dtypes[k]:
+                raise ZooError(f"{name} cannot be averaged with {self._first}: weight {k} is {v.dtype}, not "
+                               f"{self._dtypes[k]}; convert the models to one dtype first (mixed dtypes are "
+                               "never averaged)")
+            ref = self._sum.get(k, self._fixed.get(k))
+            if v.shape != ref.shape:
                 raise ZooError(f"{name} cannot be averaged with {self._first}: weight {k} has shape "
-                               f"{tuple(v.shape)}, not {tuple(self._sum[k].shape)}")
+                               f"{tuple(v.shape)}, not {tuple(ref.shape)}")
+            if k in self._fixed and not torch.equal(v, self._fixed[k]):
+                raise ZooError(f"{name} cannot be averaged with {self._first}: the {v.dtype} tensor {k} differs, "
+                               "and integer tensors are never averaged; they must be equal in every model")
 
     def result(self, extra: StateDict | None = None, extra_weight: float = 1.0) -> dict[str, torch.Tensor]:
         """The current average (optionally as if `extra` had been added too, without adding it)."""
-        if not self._sum and extra is None:
+        if not self._dtypes and extra is None:
             raise ZooError("no models to average")
         if extra is None:
-            return {k: (s / self.total_weight).to(self._dtypes[k]) for k, s in self._sum.items()}
-        if not self._sum:
+            out = {k: (s / self.total_weight).to(self._dtypes[k]) for k, s in self._sum.items()}
+        elif not self._dtypes:
             return {k: v.clone() for k, v in extra.items()}
-        self._check(extra, "the candidate")
-        total = self.total_weight + extra_weight
-        return {k: ((s + extra[k].double() * extra_weight) / total).to(self._dtypes[k]) for k, s in self._sum.items()}
+        else:
+            self._check(extra, "the candidate")
+            total = self.total_weight + extra_weight
+            out = {k: ((s + extra[k].double() * extra_weight) / total).to(self._dtypes[k])
+                   for k, s in self._sum.items()}
+        out.update({k: v.clone() for k, v in self._fixed.items()})
+        return {k: out[k] for k in self._dtypes}
 
 
 def average_state_dicts(state_dicts: Iterable[StateDict], weights: Sequence[float] | None = None,
@@ -138,22 +159,29 @@ class _Transformed(torch.utils.data.Dataset):
         return self.transform(row["image"]), row["label"]
 
 
+def validation_halves(ds, seed: int = HALVES_SEED):
+    """(select, report): the validation split cut in two halves, stratified by label where every class has at
+    least two images (else a plain seeded split)."""
+    from collections import Counter
+
+    stratify = min(Counter(ds["label"]).values()) >= 2
+    parts = ds.train_test_split(test_size=0.5, seed=seed, stratify_by_column="label" if stratify else None)
+    return parts["train"], parts["test"]
+
+
 def evaluation_dataset(record: dict[str, Any], split: str = "validation",
                        progress: bool = True) -> torch.utils.data.Dataset:
-    """The images a model is evaluated on: `validation`, or `heldout` (HELDOUT_FRACTION of `train`, stratified,
-    seed HELDOUT_SEED: seen in training, but never used to pick checkpoints), with the evaluation transform.
-    Small sets are transformed once and kept as a tensor."""
+    """The images a model is evaluated on: `validation`, or one of its halves `select` / `report`
+    (`validation_halves`), with the evaluation transform. Small sets are transformed once and kept as a tensor."""
     from vitzoo_hf.data import load_splits
 
+    if split not in SPLITS:
+        raise ValueError(f"unknown evaluation split {split!r}; one of {SPLITS}")
     d = record["recipe"]["dataset"]
     splits = load_splits(d["name"], d.get("max_train"), d.get("max_validation"))
-    if split == "validation":
-        ds = splits["validation"]
-    elif split == "heldout":
-        ds = splits["train"].train_test_split(test_size=HELDOUT_FRACTION, seed=HELDOUT_SEED,
-                                              stratify_by_column="label")["test"]
-    else:
-        raise ValueError(split)
+    ds = splits["validation"]
+    if split != "validation":
+        ds = validation_halves(ds)[0 if split == "select" else 1]
     transform = _eval_transform(record)
     lazy = _Transformed(ds, transform)
     first = lazy[0][0]
@@ -183,7 +211,8 @@ class Evaluator:
         if state_dict is not None:
             model.load_state_dict(state_dict, strict=True)
         model.to(self.accelerator.device).eval()
-        out = evaluate_supervised(model, self.loader, self.accelerator)
+        with self.accelerator.autocast():  # the recorded training precision (bf16 on a GPU), as training evaluated
+            out = evaluate_supervised(model, self.loader, self.accelerator)
         model.eval()
         return {"accuracy": out["accuracy"], "loss": out["loss"]}
 
@@ -309,10 +338,11 @@ def _complete(row: dict[str, Any]) -> bool:
 
 
 def epoch_averaging(ev: ZooEvaluation, names: Iterable[str] | None = None, window: int = 5,
-                    stage: str | None = "finetuning") -> tuple[list[dict], list[dict]]:
+                    stage: str | None = "finetuning", longitudinal: bool = True) -> tuple[list[dict], list[dict]]:
     """Per model: at every epoch e ≥ window, the average of checkpoints e−window+1 … e (epoch 0, the untrained
     start, never counts) vs checkpoint e alone (longitudinal, Fig. 3); and at the final epoch the average of the
-    last `window` vs the best of those `window` checkpoints (Fig. 2a). Returns (final rows, longitudinal rows)."""
+    last `window` vs the best of those `window` checkpoints (Fig. 2a). Returns (final rows, longitudinal rows);
+    `longitudinal=False` skips every epoch but the last (the longitudinal rows are then empty)."""
     if window < 1:
         raise ZooError(f"--window must be >= 1, got {window}")
     rows = [r for r in classifier_rows(ev, names) if stage is None or r["stage"] == stage]
@@ -327,16 +357,17 @@ def epoch_averaging(ev: ZooEvaluation, names: Iterable[str] | None = None, windo
         if len(epochs) < window:
             skipped.append(f"{name} ({len(epochs)} trained epochs)")
             continue
-        for i in range(window - 1, len(epochs)):
+        for i in range(window - 1 if longitudinal else len(epochs) - 1, len(epochs)):
             span = epochs[i - window + 1: i + 1]
             single = ev.checkpoint(name, epochs[i])
             avg_sd = ev.average([(name, e) for e in span])
             avg = ev.score(name, avg_sd)
             recorded = ckpt_rows[epochs[i]].get("validation_accuracy")
-            long_rows.append({"model": name, "epoch": epochs[i], "window": f"{span[0]}-{span[-1]}",
-                              "single_accuracy": single["accuracy"], "averaged_accuracy": avg["accuracy"],
-                              "single_loss": single["loss"], "averaged_loss": avg["loss"],
-                              "recorded_accuracy": recorded})
+            if longitudinal:
+                long_rows.append({"model": name, "epoch": epochs[i], "window": f"{span[0]}-{span[-1]}",
+                                  "single_accuracy": single["accuracy"], "averaged_accuracy": avg["accuracy"],
+                                  "single_loss": single["loss"], "averaged_loss": avg["loss"],
+                                  "recorded_accuracy": recorded})
             if i == len(epochs) - 1:
                 singles = {e: ev.checkpoint(name, e)["accuracy"] for e in span}
                 best_epoch = max(singles, key=lambda e: (singles[e], e))
@@ -430,10 +461,11 @@ def soups(ev: ZooEvaluation, names: Iterable[str] | None = None,
 
 
 def greedy_soups(ev: ZooEvaluation, names: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """Per backbone and head type (heads of one shape, one pre-trained init): rank the fine-tunes by held-out
-    accuracy, start from the best and add each next one to the running average only if held-out accuracy
-    strictly increases. Compared on validation with the uniform soup of the same models and with the best
-    member (picked on held-out, and the validation oracle)."""
+    """Per backbone and head type (heads of one shape, one pre-trained init): rank the fine-tunes by accuracy on
+    the `select` half of validation, start from the best and add each next one to the running average only if
+    `select` accuracy strictly increases. Everything reported -- the greedy soup, the uniform soup and the best
+    member picked on `select` -- is scored on the other half, `report`, which no choice has seen. The best member
+    by `report` accuracy (an oracle: chosen and scored on the same images) is shown for reference only."""
     rows = [r for r in classifier_rows(ev, names) if r["stage"] == "finetuning"]
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -444,36 +476,49 @@ def greedy_soups(ev: ZooEvaluation, names: Iterable[str] | None = None) -> list[
         if len(members) < 2:
             continue
         names_ = [m["name"] for m in members]
-        held = {n: ev.checkpoint(n, split="heldout")["accuracy"] for n in names_}
-        val = {n: ev.checkpoint(n)["accuracy"] for n in names_}
-        ranked = sorted(names_, key=lambda n: (-held[n], n))
-        soup = RunningAverage()
-        soup.add(ev.zoo.state_dict(ranked[0]), name=ranked[0])
-        chosen, best_held = [ranked[0]], held[ranked[0]]
-        for n in ranked[1:]:
-            candidate = soup.result(ev.zoo.state_dict(n))
-            acc = ev.score(n, candidate, "heldout")["accuracy"]
-            if acc > best_held:
-                soup.add(ev.zoo.state_dict(n), name=n)
-                chosen.append(n)
-                best_held = acc
-        greedy_sd = soup.result()
-        greedy = ev.score(ranked[0], greedy_sd)
-        uniform = ev.score(ranked[0], ev.average([(n, ev.final_epoch(n)) for n in names_]))
-        oracle = max(names_, key=lambda n: val[n])
+        chosen, select_acc = greedy_select(
+            {n: ev.checkpoint(n, split="select")["accuracy"] for n in names_}, ev.zoo.state_dict,
+            lambda sd, ref=names_[0]: ev.score(ref, sd, "select")["accuracy"])
+        # reporting: only now is the other half looked at
+        report = {n: ev.checkpoint(n, split="report")["accuracy"] for n in names_}
+        greedy_sd = average_state_dicts(ev.zoo.state_dict(n) for n in chosen)
+        greedy = ev.score(chosen[0], greedy_sd, "report")
+        uniform = ev.score(chosen[0], ev.average([(n, ev.final_epoch(n)) for n in names_]), "report")
+        oracle = max(names_, key=lambda n: (report[n], n))
         out.append({"parent": parent, "head": head, "members": len(names_), "ingredients": len(chosen),
-                    "greedy_heldout_accuracy": best_held, "greedy_accuracy": greedy["accuracy"],
-                    "uniform_accuracy": uniform["accuracy"], "best_by_heldout": ranked[0],
-                    "best_by_heldout_accuracy": val[ranked[0]], "best_by_validation": oracle,
-                    "best_by_validation_accuracy": val[oracle], "chosen": " ".join(chosen)})
+                    "greedy_select_accuracy": select_acc, "greedy_accuracy": greedy["accuracy"],
+                    "uniform_accuracy": uniform["accuracy"], "best_by_select": chosen[0],
+                    "best_by_select_accuracy": report[chosen[0]], "best_by_report_oracle": oracle,
+                    "best_by_report_oracle_accuracy": report[oracle],
+                    "gain": greedy["accuracy"] - report[chosen[0]], "chosen": " ".join(chosen)})
         ev.offer(Averaged("greedy-soup", f"greedy soup of {len(chosen)} fine-tunes of {parent} ({head} head)",
                           [{"name": n, "epoch": ev.final_epoch(n), "weight": 1.0} for n in chosen], greedy,
-                          details={"heldout": {"split": "train", "fraction": HELDOUT_FRACTION,
-                                               "seed": HELDOUT_SEED, "stratified": True},
-                                   "heldout_accuracy": best_held}), greedy_sd)
+                          details={"selection": {"split": "validation", "half": "select", "seed": HALVES_SEED,
+                                                 "stratified": True},
+                                   "scored_on": "validation, the other half (report)",
+                                   "select_accuracy": select_acc}), greedy_sd)
     if not out:
         raise ZooError(f"zoo {ev.zoo.name!r} has no backbone with two fine-tunes of one head type")
     return out
+
+
+def greedy_select(select: Mapping[str, float], load, score) -> tuple[list[str], float]:
+    """The greedy recipe (Wortsman et al., 2022) given only selection accuracies: `select` (name → accuracy of
+    each candidate), `load(name)` its state dict, `score(state_dict)` a soup's selection accuracy. Returns the
+    chosen names (best first) and the soup's selection accuracy. It sees nothing else, so whatever it is later
+    scored on cannot leak into the choice."""
+    ranked = sorted(select, key=lambda n: (-select[n], n))
+    soup = RunningAverage()
+    soup.add(load(ranked[0]), name=ranked[0])
+    chosen, best = [ranked[0]], select[ranked[0]]
+    for n in ranked[1:]:
+        candidate = load(n)
+        acc = score(soup.result(candidate))
+        if acc > best:
+            soup.add(candidate, name=n)
+            chosen.append(n)
+            best = acc
+    return chosen, best
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -540,7 +585,8 @@ def rebasin(ev: ZooEvaluation, names: Iterable[str] | None = None, alphas: Seque
             aligned_sd = interpolate(a, b_aligned, 0.5)
             aligned_mid = path["aligned"].get(0.5, ev.score(ma["name"], aligned_sd)["accuracy"])
             moved = sum(int((p != torch.arange(len(p))).sum()) for p in match.perms.values())
-            pairs.append({"group": _describe(fixed), "model_a": ma["name"], "model_b": mb["name"],
+            pairs.append({"group": _describe(fixed), "pair_type": pair_type(ev, ma, mb),
+                          "model_a": ma["name"], "model_b": mb["name"],
                           "accuracy_a": acc_a, "accuracy_b": acc_b, "naive_average_accuracy": naive_mid,
                           "aligned_average_accuracy": aligned_mid,
                           "l2_naive": _l2(a, b), "l2_aligned": _l2(a, b_aligned),
@@ -568,6 +614,13 @@ def rebasin(ev: ZooEvaluation, names: Iterable[str] | None = None, alphas: Seque
                                 "weight": 1.0 / len(members), "aligned": True} for m in members],
                               {"accuracy": merged}, details={"alignment": "MergeMany", "seed": seed}), merged_sd)
     return pairs, curve, many
+
+
+def pair_type(ev: ZooEvaluation, a: dict[str, Any], b: dict[str, Any]) -> str:
+    """"supervised–supervised", "supervised–contrastive", ...: the pre-training tasks of the two parents."""
+    tasks = sorted((ev.rows.get(m["parent"], {}).get("task") or m.get("task") or "?") for m in (a, b))
+    order = {"supervised": 0, "contrastive": 1}
+    return "–".join(sorted(tasks, key=lambda t: order.get(t, 2)))
 
 
 def _l2(a: StateDict, b: StateDict) -> float:

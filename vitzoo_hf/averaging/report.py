@@ -2,6 +2,7 @@
 optionally, the best averaged model as a normal checkpoint folder with its provenance.
 
     OUT/epochs.{csv,md} epochs_longitudinal.{csv,md} fig2a_epochs.png fig3_longitudinal.png     --method epochs
+        epochs_w{K}.{csv,md} per window K, fig_gain_vs_ggap.png
     OUT/soups.{csv,md} fig2b_soups.png                                                        --method soup
     OUT/greedy_soups.{csv,md} fig_greedy_soups.png                                            --method greedy-soup
     OUT/rebasin_pairs.{csv,md} rebasin_interpolation.{csv,md} rebasin_many.{csv,md}
@@ -139,15 +140,16 @@ def fig_soups(rows: Sequence[dict], path: Path) -> Path:
 def fig_greedy(rows: Sequence[dict], path: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows)), 4))
-    keys = (("best_by_heldout_accuracy", "best (held-out pick)"), ("best_by_validation_accuracy", "best (oracle)"),
+    keys = (("best_by_select_accuracy", "best member (picked on select)"),
+            ("best_by_report_oracle_accuracy", "best member (oracle)"),
             ("uniform_accuracy", "uniform soup"), ("greedy_accuracy", "greedy soup"))
     width = 0.8 / len(keys)
     for i, (key, label) in enumerate(keys):
         ax.bar([j + i * width for j in range(len(rows))], [r[key] for r in rows], width, label=label)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
     ax.set_xticklabels([f"{_short(r['parent'])}\n{r['head']}" for r in rows], fontsize=7)
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Greedy soups per backbone and head type")
+    ax.set_ylabel("accuracy on the report half of validation")
+    ax.set_title("Greedy soups per backbone and head type (chosen on the select half)")
     ax.legend(fontsize=8)
     return _save(fig, path)
 
@@ -208,6 +210,43 @@ def summarize_epochs(final: Sequence[dict], longitudinal: Sequence[dict], window
     return "\n".join(lines) + "\n"
 
 
+def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    from scipy.stats import spearmanr
+
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return float("nan")
+    return float(spearmanr(xs, ys).statistic)
+
+
+def summarize_windows(by_window: dict[int, Sequence[dict]]) -> str:
+    """Fig. 2a at several windows, and how the gain relates to the generalisation gap (Spearman ρ)."""
+    lines = ["## Epoch averaging at several windows (Fig. 2a)",
+             "| window | models | average > best of window | mean gain pp | median gain pp | ρ(gain, GGap) |",
+             "|---|---|---|---|---|---|"]
+    for w, rows in sorted(by_window.items()):
+        gains = [r["gain"] for r in rows]
+        pairs = [(r["gain"], r["generalization_gap"]) for r in rows if r["generalization_gap"] is not None]
+        rho = _spearman([g for g, _ in pairs], [x for _, x in pairs])
+        lines.append(f"| {w} | {len(rows)} | {sum(g > 0 for g in gains)}/{len(gains)} | {_pct(mean(gains))} | "
+                     f"{_pct(sorted(gains)[len(gains) // 2])} | {rho:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def fig_gain_vs_ggap(by_window: dict[int, Sequence[dict]], path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for w, rows in sorted(by_window.items()):
+        sel = [r for r in rows if r["generalization_gap"] is not None]
+        ax.scatter([100 * r["generalization_gap"] for r in sel], [100 * r["gain"] for r in sel], s=16,
+                   label=f"last {w}")
+    ax.axhline(0, color="k", lw=0.8, ls="--")
+    ax.set_xlabel("generalisation gap at the final epoch (points)")
+    ax.set_ylabel("average − best of the window (points)")
+    ax.set_title("Epoch-averaging gain vs generalisation gap")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 def summarize_soups(rows: Sequence[dict]) -> str:
     lines = [f"## Model soups (one factor varied), {len(rows)} groups",
              "| factor | groups | mean best member % | mean soup % | mean gain pp | soup > best | backbone soup + "
@@ -222,13 +261,18 @@ def summarize_soups(rows: Sequence[dict]) -> str:
 
 
 def summarize_greedy(rows: Sequence[dict]) -> str:
-    lines = [f"## Greedy soups, {len(rows)} groups (backbone × head type); held-out = "
-             "20 % of train, stratified, seed 0",
-             "| backbone | head | members | ingredients | best (held-out pick) % | best (oracle) % | uniform % | "
-             "greedy % |", "|---|---|---|---|---|---|---|---|"]
+    wins = sum(r["greedy_accuracy"] > r["best_by_select_accuracy"] for r in rows)
+    lines = [f"## Greedy soups, {len(rows)} groups (backbone × head type)",
+             "Ingredients and the best member are chosen on one half of the validation split (select, stratified, "
+             "seed 0); every accuracy below is on the other half (report), which no choice has seen. The oracle "
+             "column picks the best member on report itself (an upper bound, not a baseline).", "",
+             f"Greedy soup beats the best member (picked on select) in {wins} of {len(rows)} groups; mean gain "
+             f"{_pct(mean(r['gain'] for r in rows))} pp.", "",
+             "| backbone | head | members | ingredients | best member (select pick) % | best (oracle) % | "
+             "uniform % | greedy % |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['parent']} | {r['head']} | {r['members']} | {r['ingredients']} | "
-                     f"{_pct(r['best_by_heldout_accuracy'])} | {_pct(r['best_by_validation_accuracy'])} | "
+                     f"{_pct(r['best_by_select_accuracy'])} | {_pct(r['best_by_report_oracle_accuracy'])} | "
                      f"{_pct(r['uniform_accuracy'])} | {_pct(r['greedy_accuracy'])} |")
     return "\n".join(lines) + "\n"
 
@@ -246,6 +290,16 @@ def summarize_rebasin(pairs: Sequence[dict], many: Sequence[dict]) -> str:
              f"/{len(pairs)}",
              f"- weight distance ‖A − B‖: naive {mean(r['l2_naive'] for r in pairs):.3f}, after alignment "
              f"{mean(r['l2_aligned'] for r in pairs):.3f} (mean)"]
+    types = sorted({r.get("pair_type") for r in pairs if r.get("pair_type")})
+    if types:
+        lines += ["", "| pair type | pairs | endpoints % | naive average % | aligned average % |",
+                  "|---|---|---|---|---|"]
+        for t in types:
+            sel = [r for r in pairs if r.get("pair_type") == t]
+            ends = mean((r["accuracy_a"] + r["accuracy_b"]) / 2 for r in sel)
+            lines.append(f"| {t} | {len(sel)} | {_pct(ends)} | {_pct(mean(r['naive_average_accuracy'] for r in sel))}"
+                         f" | {_pct(mean(r['aligned_average_accuracy'] for r in sel))} |")
+        lines.append("")
     if many:
         lines.append(f"- all backbones at once ({len(many)} groups of {many[0]['models']}): best member "
                      f"{_pct(mean(r['best_member_accuracy'] for r in many))} %, naive average "
@@ -286,13 +340,15 @@ def save_averaged(ev, averaged, target: Path) -> Path:
                             "recorded_accuracy": ckpt.get("validation_accuracy")})
     record = {"method": averaged.method, "description": averaged.description, "zoo": ev.zoo.name,
               "ingredients": ingredients, "validation": averaged.metrics, "details": averaged.details,
-              "accumulation": "float64 running sum, cast back to float32"}
+              "accumulation": "float64 running sum of the floating-point weights, cast back to their dtype; "
+                              "integer tensors are never averaged (equal in every ingredient, kept)"}
     tmp = target.with_name(f".{target.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     model.config.averaged_from = [{"name": i["name"], "epoch": i["epoch"], "weight": i["weight"]}
                                   for i in ingredients]
     model.config.averaging_method = averaged.method
     model.save_pretrained(tmp, safe_serialization=True)
+    _processor(ev.zoo.record(first)).save_pretrained(tmp)  # like every zoo checkpoint: pipeline() just works
     (tmp / AVERAGING_FILE).write_text(json.dumps(record, indent=1))
     repo_ids = [i["repo_id"] for i in ingredients if i["repo_id"]]
     data = ModelCardData(library_name="transformers", pipeline_tag="image-classification",
@@ -312,6 +368,17 @@ def save_averaged(ev, averaged, target: Path) -> Path:
     return target
 
 
+def _processor(record: dict[str, Any]):
+    """The image processor training saved with the ingredients' checkpoints, rebuilt from their record."""
+    from types import SimpleNamespace
+
+    from vitzoo_hf.blueprint import Architecture, Augmentation
+    from vitzoo_hf.recipe import image_processor
+
+    aug = Augmentation(**record["recipe"].get("augmentation", {}))
+    return image_processor(SimpleNamespace(architecture=Architecture(**record["architecture"])), aug)
+
+
 def _ckpt_field(ev, part: dict, key: str) -> Any:
     rows = ev.zoo.checkpoints
     if key not in rows.column_names:
@@ -326,7 +393,8 @@ def _ckpt_field(ev, part: dict, key: str) -> Any:
 # The command
 
 
-def run(source: str, method: str, out: str | Path, models: Sequence[str] | None = None, window: int = 5,
+def run(source: str, method: str, out: str | Path, models: Sequence[str] | None = None,
+        window: int | Sequence[int] = 5,
         factors: Sequence[str] | None = None, save_model: str | None = None, batch_size: int = 256,
         seed: int = 0, progress: bool = True) -> dict[str, Any]:
     """One averaging study; returns {"files": [...], "summary": str, "saved": path | None}."""
@@ -352,11 +420,20 @@ def _run(source, method, out: Path, models, window, factors, save_model, batch_s
     ev = avg.ZooEvaluation(zoo, batch_size=batch_size, keep_best=bool(save_model), progress=progress)
     # Compute everything first (on every process, if launched with several), then write once.
     if method == "epochs":
+        windows = sorted({window} if isinstance(window, int) else set(window))
+        if not windows or windows[0] < 1:
+            raise ZooError(f"--window must be >= 1, got {window}")
+        window = windows[-1]  # the longitudinal study and Fig. 2a's main panel
         final, longitudinal = avg.epoch_averaging(ev, models, window)
-        tables = {"epochs": final, "epochs_longitudinal": longitudinal}
+        by_window = {window: final}
+        for w in windows[:-1]:
+            by_window[w] = avg.epoch_averaging(ev, models, w, longitudinal=False)[0]
+        tables = {"epochs": final, "epochs_longitudinal": longitudinal,
+                  **{f"epochs_w{w}": by_window[w] for w in windows}}
         figures = [lambda: fig_epochs(final, out / "fig2a_epochs.png", window),
-                   lambda: fig_longitudinal(longitudinal, out / "fig3_longitudinal.png", window)]
-        summary = summarize_epochs(final, longitudinal, window)
+                   lambda: fig_longitudinal(longitudinal, out / "fig3_longitudinal.png", window),
+                   lambda: fig_gain_vs_ggap(by_window, out / "fig_gain_vs_ggap.png")]
+        summary = summarize_epochs(final, longitudinal, window) + "\n" + summarize_windows(by_window)
     elif method == "soup":
         rows = avg.soups(ev, models, factors or avg.SOUP_FACTORS)
         tables, figures = {"soups": rows}, [lambda: fig_soups(rows, out / "fig2b_soups.png")]
