@@ -312,3 +312,27 @@ def test_at_the_cap_idle_connections_make_room_and_busy_ones_get_503(serve):
         time.sleep(0.2)
     else:
         pytest.fail("the server did not recover once the busy clients left")
+
+
+def test_a_flood_of_connections_never_delays_a_normal_request(serve):
+    """1500 connections, half idle and half with half-sent heads, on a hub capped at 1024: a normal request is
+    answered at once (the longest-idle connections make room), and nothing is left spinning."""
+    server = serve()
+    flood = []
+    try:
+        for i in range(1500):
+            s = connect(server)
+            if i % 2:
+                s.sendall(b"GET /api/models HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            flood.append(s)
+        time.sleep(0.2)
+        times = []
+        for _ in range(5):
+            t = time.monotonic()
+            assert get(server.port) == 200
+            times.append(time.monotonic() - t)
+        assert max(times) < 1, times
+        assert server.httpd._open <= server.httpd.max_connections == 1024
+    finally:
+        for s in flood:
+            s.close()
