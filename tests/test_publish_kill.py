@@ -227,8 +227,8 @@ KILL_POINTS = [  # (request kind, Nth of that kind, late), every kind a publish 
 
 @pytest.mark.parametrize(("kind", "n", "late"), KILL_POINTS,
                          ids=[f"{k}-{n}{'-late' if late else ''}" for k, n, late in KILL_POINTS])
-def test_a_publish_killed_at_any_request_finishes_on_one_rerun(small_zoo, reference, zygote, tmp_path, kind, n,
-                                                               late):
+def test_a_publish_killed_at_any_request_finishes_on_one_rerun(zygote, small_zoo, reference, tmp_path, kind, n,
+                                                               late):  # the zygote imports while `reference` runs
     with HubServer(tmp_path / "hub", [TOKEN], port=0) as server:
         hook = KillHook(server.app, kind, n, late)
         hook.pid = zygote.start(zoo=str(small_zoo), namespace=NS, endpoint=server.endpoint, token=TOKEN,

@@ -16,9 +16,17 @@ commit*: each epoch is first committed to `main` (one atomic commit with all its
 created at that commit; so `main` walks through the epochs and ends at the final one, and a kill at any point
 leaves only complete branches (and `main` at a complete, earlier epoch until the rerun moves it on). Epochs
 added once `main` holds the final one (`--epochs final`, later `all`) walk a scratch branch instead, so `main`
-never goes back. Existing
-branches whose files differ from the local ones (altered on the Hub, or the zoo changed) get one commit on that
-branch, and are reported. After committing, every touched branch is listed again and compared file by file.
+never goes back (each run its own scratch branch: a killed run's late requests touch only the killed run's).
+Existing branches whose files differ from the local ones (altered on the Hub, or the zoo changed) get one commit
+on that branch, and are reported. After committing, every touched branch is listed again and compared file by file.
+
+A killed run's requests may still complete on the Hub after the rerun has read the refs, so every step accepts
+their effect: commits name their parent, and a branch that moved under us means "plan this repo again"; a
+branch that exists already with the right files is success (with other files, the new plan repairs it).
+
+Round trips: a fresh repo's commits are planned in full, so one preupload request learns every file's upload mode
+and one LFS batch uploads every object; each commit and each branch is then one request. A few repos are
+published at once (`jobs`): each request waits on the Hub's disk syncs or the network, not on our CPU.
 """
 
 from __future__ import annotations
@@ -523,7 +531,8 @@ class Publisher:
         else:  # resuming or repairing: the commits check for no-ops against their own branch
             self._preupload(repo, [f for _, _, files in commits for f in files])
             ops = [None] * len(commits)
-        for name in [b for b in refs if b.startswith(SCRATCH_PREFIX)]:  # left by a killed run
+        leftovers = [b for b in refs if b.startswith(SCRATCH_PREFIX)]  # left by a killed run
+        for name in leftovers:
             self._delete_branch(repo, name)
         if walker != "main":
             self.api.create_branch(repo, branch=walker, revision=refs["main"])
@@ -556,6 +565,9 @@ class Publisher:
                 path, why = bad[0]
                 raise ZooError(f"verification failed after upload: {repo}@{b}: {path}: {why}; rerun the same "
                                "command to repair it")
+        if walker != "main" or leftovers:  # a killed run's late create_branch of its scratch may land meanwhile
+            for name in [b for b in self._refs(repo, create=False) or {} if b.startswith(SCRATCH_PREFIX)]:
+                self._delete_branch(repo, name)
         return {e: refs[metadata.branch_name(e)] for e in epochs}
 
     # ---- metadata dataset and collection -----------------------------------------------------------------------

@@ -118,10 +118,12 @@ class _Reader:
         self.buf = buf
         self.limits = limits
         self.broken = False
-        self._started = time.monotonic()
+        self._started: float | None = None  # the first read: the app may take its time before reading a body
         self._received = 0
 
     def _fill(self, want: int) -> bool:
+        if self._started is None:
+            self._started = time.monotonic()
         elapsed = time.monotonic() - self._started
         if elapsed > self.limits.body_timeout and self._received < self.limits.min_body_rate * elapsed:
             self.broken = True
