@@ -572,14 +572,49 @@ class Publisher:
 
     # ---- metadata dataset and collection -----------------------------------------------------------------------
 
+    def start_metadata(self) -> None:
+        """Build the metadata tables in a background thread while the repos upload: loading the validation sets
+        and reading every checkpoint's weights for its statistics is the slow, Hub-independent part (tens of
+        seconds for the mini zoo); only the checkpoints' commit column waits for the Hub (`metadata_files`)."""
+        import threading
+
+        self._stats: dict[tuple[Path, Path | None], dict[str, Any]] = {}
+        self._prepared: dict[str, Any] = {}
+
+        def statistics(weights: Path, parent: Path | None) -> dict[str, Any]:
+            key = (weights, parent)
+            if key not in self._stats:
+                self._stats[key] = metadata.checkpoint_statistics(weights, parent)
+            return self._stats[key]
+
+        def build() -> None:
+            try:
+                missing: list[str] = []
+                self._prepared["tables"] = metadata.build_tables(
+                    self.models, self.namespace, epochs=lambda m: self.chosen[m.name], with_labels=True,
+                    missing_labels=missing, statistics=statistics)
+                self._prepared["missing"] = missing
+            except BaseException as err:  # re-raised in metadata_files, in the main thread
+                self._prepared["error"] = err
+
+        self._statistics = statistics
+        self._builder = threading.Thread(target=build, name="metadata-tables", daemon=True)
+        self._builder.start()
+
     def metadata_files(self, commits: dict[tuple[str, int], str], collection_url: str) -> dict[str, RepoFile]:
         from vitzoo_hf.cards import render_dataset_card
 
-        missing: list[str] = []
-        tables = metadata.build_tables(self.models, self.namespace, epochs=lambda m: self.chosen[m.name],
-                                       commits=commits, with_labels=True, missing_labels=missing,
-                                       statistics=metadata.checkpoint_statistics)
-        for key in missing:
+        if not hasattr(self, "_builder"):
+            self.start_metadata()
+        self._builder.join()
+        if "error" in self._prepared:
+            raise self._prepared["error"]
+        tables = dict(self._prepared["tables"])
+        # The one Hub-dependent column: every checkpoint's commit (the statistics are computed already).
+        tables["checkpoints"] = metadata.build_tables(self.models, self.namespace,
+                                                      epochs=lambda m: self.chosen[m.name], commits=commits,
+                                                      with_labels=False, statistics=self._statistics)["checkpoints"]
+        for key in self._prepared.pop("missing", []):
             self.log(f"warning: validation labels of {key} unavailable (its data set cannot be loaded here); the "
                      "labels config will lack them")
         files = {}
@@ -645,6 +680,7 @@ class Publisher:
         self.verify_local(self.models, self.chosen)
         if not self.verify_only:
             self.check_namespace(who, self.meta_repo)
+        self.start_metadata()
         commits: dict[tuple[str, int], str] = {}
         bar = tqdm(total=len(self.models), desc=f"{'verify' if self.verify_only else 'publish'} {self.zoo}",
                    unit="repo", disable=not self.progress)
