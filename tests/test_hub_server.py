@@ -336,3 +336,7 @@ def test_a_flood_of_connections_never_delays_a_normal_request(serve):
     finally:
         for s in flood:
             s.close()
+    deadline = time.monotonic() + 5
+    while server.httpd._open and time.monotonic() < deadline:  # every close is counted once: back to zero
+        time.sleep(0.1)
+    assert server.httpd._open == 0 and not server.httpd._waiting

@@ -92,7 +92,8 @@ class ClientTimeout(HubError):
 
 
 class _Conn:
-    __slots__ = ("sock", "peer", "local_url", "buf", "idle_since", "head_since", "queued_at", "refuse", "scanned")
+    __slots__ = ("sock", "peer", "local_url", "buf", "idle_since", "head_since", "queued_at", "refuse", "scanned",
+                 "gone")
 
     def __init__(self, sock: socket.socket, peer: str, local_url: str) -> None:
         self.sock = sock
@@ -104,6 +105,7 @@ class _Conn:
         self.queued_at = 0.0
         self.refuse = False  # over the cap: answer 503 once the head is in
         self.scanned = 0  # conn.buf[:scanned] holds no end of a request head
+        self.gone = False  # closed and off the selector's books
 
 
 class _Reader:
@@ -483,6 +485,8 @@ class HubHTTPServer:
         return True
 
     def _on_readable(self, conn: _Conn) -> None:
+        if conn.gone:
+            return
         try:
             data = conn.sock.recv(_RECV)
         except (BlockingIOError, InterruptedError):
@@ -548,7 +552,11 @@ class HubHTTPServer:
             pass
 
     def _forget(self, conn: _Conn) -> None:
-        """Drop a closed connection from the selector's books."""
+        """Drop a closed connection from the selector's books (once: an evicted one may still be in this round's
+        select results)."""
+        if conn.gone:
+            return
+        conn.gone = True
         if self._waiting.pop(conn.sock, None) is not None:
             try:
                 self._sel.unregister(conn.sock)
