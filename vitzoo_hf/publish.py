@@ -16,9 +16,17 @@ commit*: each epoch is first committed to `main` (one atomic commit with all its
 created at that commit; so `main` walks through the epochs and ends at the final one, and a kill at any point
 leaves only complete branches (and `main` at a complete, earlier epoch until the rerun moves it on). Epochs
 added once `main` holds the final one (`--epochs final`, later `all`) walk a scratch branch instead, so `main`
-never goes back. Existing
-branches whose files differ from the local ones (altered on the Hub, or the zoo changed) get one commit on that
-branch, and are reported. After committing, every touched branch is listed again and compared file by file.
+never goes back (each run its own scratch branch: a killed run's late requests touch only the killed run's).
+Existing branches whose files differ from the local ones (altered on the Hub, or the zoo changed) get one commit
+on that branch, and are reported. After committing, every touched branch is listed again and compared file by file.
+
+A killed run's requests may still complete on the Hub after the rerun has read the refs, so every step accepts
+their effect: commits name their parent, and a branch that moved under us means "plan this repo again"; a
+branch that exists already with the right files is success (with other files, the new plan repairs it).
+
+Round trips: a fresh repo's commits are planned in full, so one preupload request learns every file's upload mode
+and one LFS batch uploads every object; each commit and each branch is then one request. A few repos are
+published at once (`jobs`): each request waits on the Hub's disk syncs or the network, not on our CPU.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -40,7 +49,8 @@ from vitzoo_hf import layout, metadata
 from vitzoo_hf.errors import ZooError
 from vitzoo_hf.zoo import TRAINING_DIR
 
-SCRATCH_BRANCH = "vitzoo-publishing"  # a working ref for epochs added after main holds the final one; deleted after
+SCRATCH_PREFIX = "vitzoo-publishing"  # working refs for epochs added after main holds the final one; one per run
+JOBS = 4  # repos published at once: the Hub's answers wait on disk syncs, so a few in flight keep it busy
 RETRY_STATUS = (408, 412, 429, 500, 502, 503, 504)  # 412: the branch moved under us; re-plan and retry
 MAX_ATTEMPTS = 6
 
@@ -175,14 +185,24 @@ def retry_delay(err: BaseException, attempt: int) -> float | None:
     return None
 
 
+class _Raced(Exception):
+    """The Hub changed under a step (a killed run's late request, another publisher): plan the step again."""
+
+
 def with_retries(what: str, fn: Callable[[], Any], log: Callable[[str], None],
                  sleep: Callable[[float], None] = time.sleep, attempts: int = MAX_ATTEMPTS) -> Any:
-    """Run a re-plannable step; rate limits, server errors and lost connections are retried with backoff."""
+    """Run a re-plannable step; rate limits, server errors and lost connections are retried with backoff, and a
+    step that met a concurrent change (:class:`_Raced`) is planned again at once."""
     for attempt in range(attempts):
         try:
             return fn()
         except ZooError:
             raise
+        except _Raced as race:
+            if attempt == attempts - 1:
+                raise ZooError(f"{what} failed: {race} on every attempt (is another publisher running?); rerun "
+                               "the same command when it has finished") from None
+            log(f"{what}: {race}; planning again")
         except Exception as err:
             delay = retry_delay(err, attempt)
             if delay is None or attempt == attempts - 1:
@@ -234,8 +254,15 @@ class Report:
 class Publisher:
     def __init__(self, zoo_dir: str | Path, namespace: str, *, epochs: str = "all", private: bool = False,
                  verify_only: bool = False, progress: bool = True, verbose: bool = False,
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, jobs: int = JOBS) -> None:
+        import secrets
+        import threading
+
         self.selection = parse_epochs(epochs)
+        self.jobs = max(1, jobs)
+        self.scratch = f"{SCRATCH_PREFIX}-{secrets.token_hex(4)}"  # this run's own: a killed run's late requests
+        self._lock = threading.Lock()                                # touch only theirs
+        self._log_lock = threading.Lock()
         self.zoo_dir = Path(zoo_dir)
         self.namespace = namespace
         self.private = private
@@ -248,12 +275,14 @@ class Publisher:
     # ---- logging -----------------------------------------------------------------------------------------------
 
     def log(self, message: str) -> None:
-        if self._log is not None:
-            self._log(message)
-            return
-        from tqdm.auto import tqdm
+        """One message at a time, whichever repo's thread it comes from (callbacks need not be thread-safe)."""
+        with self._log_lock:
+            if self._log is not None:
+                self._log(message)
+                return
+            from tqdm.auto import tqdm
 
-        tqdm.write(message, file=sys.stderr)
+            tqdm.write(message, file=sys.stderr)
 
     def detail(self, message: str) -> None:
         if self.verbose:
@@ -369,13 +398,53 @@ class Publisher:
         return {b.name: b.target_commit for b in refs.branches}
 
     def _commit(self, repo_id: str, branch: str, files: list[RepoFile], parent: str, message: str,
-                repo_type: str = "model") -> str:
-        info = self.api.create_commit(repo_id, [f.operation() for f in files], commit_message=message,
-                                      revision=branch, parent_commit=parent, repo_type=repo_type)
-        self.report.commits += 1
-        self.report.files_committed += len(files)
+                repo_type: str = "model", ops: list[Any] | None = None) -> str:
+        """One atomic commit of `files` on `branch`, only if the branch is still at `parent` (else :class:`_Raced`:
+        a request of a killed run, or another publisher, moved it; the caller plans again)."""
+        from huggingface_hub.errors import RevisionNotFoundError
+
+        try:
+            info = self.api.create_commit(repo_id, ops if ops is not None else [f.operation() for f in files],
+                                          commit_message=message, revision=branch, parent_commit=parent,
+                                          repo_type=repo_type)
+        except RevisionNotFoundError:
+            raise _Raced(f"{repo_id}@{branch} disappeared") from None
+        except Exception as err:
+            if _status(err) == 412:
+                raise _Raced(f"{repo_id}@{branch} moved") from None
+            raise
+        with self._lock:
+            self.report.commits += 1
+            self.report.files_committed += len(files)
         self.detail(f"commit {repo_id}@{branch} {info.oid[:10]} ({len(files)} files)")
         return info.oid
+
+    def _branch(self, repo_id: str, branch: str, sha: str, files: dict[str, RepoFile]) -> str:
+        """Create `branch` at `sha`; return the commit it points at. A branch that exists already (a killed run's
+        request completed after we read the refs) is success if it holds `files`, else :class:`_Raced` (the plan
+        that follows repairs it with a commit)."""
+        try:
+            self.api.create_branch(repo_id, branch=branch, revision=sha, exist_ok=False)
+        except Exception as err:
+            if _status(err) != 409:
+                raise
+            head = (self._refs(repo_id, create=False) or {}).get(branch)
+            if head is None or (head != sha and diff(files, self._tree(repo_id, head))):
+                raise _Raced(f"{repo_id}@{branch} appeared with other content") from None
+            self.detail(f"branch {repo_id}@{branch} exists already at {head[:10]} with the right files")
+            return head
+        with self._lock:
+            self.report.branches_created += 1
+        self.detail(f"branch {repo_id}@{branch} -> {sha[:10]}")
+        return sha
+
+    def _delete_branch(self, repo_id: str, branch: str) -> None:
+        """Delete a branch of ours; one already gone is fine."""
+        try:
+            self.api.delete_branch(repo_id, branch=branch)
+        except Exception as err:
+            if _status(err) != 404:
+                raise
 
     def _preupload(self, repo_id: str, files: list[RepoFile]) -> None:
         """Upload every LFS object a repo's commits will need in one batch, so each commit then only refers to
@@ -384,10 +453,30 @@ class Publisher:
         if not big:
             return
         self.api.preupload_lfs_files(repo_id, [f.operation() for f in big.values()], revision="main")
-        self.report.bytes_preuploaded += sum(f.size for f in big.values())
+        with self._lock:
+            self.report.bytes_preuploaded += sum(f.size for f in big.values())
+
+    def _prepared_operations(self, repo_id: str, root: str, commits: list[list[RepoFile]]) -> list[list[Any]]:
+        """The operations of every commit to come in a fresh repo, preuploaded together at its initial commit
+        `root`: one request learns every file's upload mode and one LFS batch uploads every object, so each commit
+        then costs a single request. (At `root` no path exists, so huggingface_hub's no-op pruning, which compares
+        with the preupload revision, prunes nothing: we computed the changes per target branch ourselves.)"""
+        ops = [[f.operation() for f in files] for files in commits]
+        flat = [op for commit in ops for op in commit]
+        if flat:
+            self.api.preupload_lfs_files(repo_id, flat, revision=root, free_memory=False)
+            lfs = {op.upload_info.sha256.hex(): op.upload_info.size for op in flat
+                   if getattr(op, "_upload_mode", None) == "lfs"}
+            with self._lock:
+                self.report.bytes_preuploaded += sum(lfs.values())
+        return ops
 
     def publish_model(self, m: metadata.LocalModel) -> dict[int, str]:
-        """Bring one model repo in line with the local model; return {epoch: commit sha} of its branches."""
+        """Bring one model repo in line with the local model; return {epoch: commit sha} of its branches.
+
+        Every step is safe to repeat and to meet the effects of a killed run: commits name their parent (a branch
+        moved under us means plan again), an existing branch with the right files is success, leftover scratch
+        branches are deleted."""
         repo = f"{self.namespace}/{m.name}"
         epochs, final = self.chosen[m.name], m.final_epoch
         card = self.card(m)
@@ -410,7 +499,8 @@ class Publisher:
                 steps.append(("update", e, [p for p, _ in changed]))
                 for path, why in changed:
                     msg = f"{repo}@{b}: {path}: {why}"
-                    (self.report.problems if self.verify_only else self.report.repaired).append(msg)
+                    with self._lock:
+                        (self.report.problems if self.verify_only else self.report.repaired).append(msg)
                     if not self.verify_only:
                         self.log(f"repairing {msg}")
         main_state = {p: e for p, e in self._tree(repo, refs["main"]).items()}
@@ -419,46 +509,55 @@ class Publisher:
                 self.report.problems.append(f"{repo}@main: {path}: {why}")
             return {e: refs[metadata.branch_name(e)] for e in epochs if metadata.branch_name(e) in refs}
         main_files = {p: _RemoteLike.of(f) for p, f in main_state.items()}
-        # Upload the LFS objects of every commit to come, in one batch.
-        needed: list[RepoFile] = []
-        for kind, e, paths in steps:
-            needed += [desired[e][p] for p in (paths if kind == "update" else desired[e])]
-        self._preupload(repo, needed)
-        touched: dict[str, int] = {}
         # New epochs are committed onto a walking branch, then branched off its complete commit. That is `main`,
         # unless main already holds the final epoch (epochs added later): then a scratch branch, so main never
-        # goes back.
+        # goes back. The commits are planned in full first, so their uploads can go in one batch.
         main_done = not diff(desired[final], main_files)
-        walker = SCRATCH_BRANCH if main_done and any(kind == "create" for kind, _, _ in steps) else "main"
-        if SCRATCH_BRANCH in refs:  # left by a killed run
-            self.api.delete_branch(repo, branch=SCRATCH_BRANCH)
-        if walker == SCRATCH_BRANCH:
-            self.api.create_branch(repo, branch=SCRATCH_BRANCH, revision=refs["main"])
-        walker_sha, walker_files = refs["main"], dict(main_files)
+        walker = self.scratch if main_done and any(kind == "create" for kind, _, _ in steps) else "main"
+        walker_files = dict(main_files)
+        commits: list[tuple[str, int, list[RepoFile]]] = []
         for kind, e, paths in steps:
+            if kind == "update":
+                commits.append((kind, e, [desired[e][p] for p in paths]))
+            else:
+                changed = [desired[e][p] for p, _ in diff(desired[e], walker_files)]
+                walker_files.update({f.path: _RemoteLike.from_file(f) for f in changed})
+                commits.append((kind, e, changed))
+        end_main = walker_files if walker == "main" else main_files
+        commits.append(("final", final, [desired[final][p] for p, _ in diff(desired[final], end_main)]))
+        if set(main_state) <= {".gitattributes"} and not any(kind == "update" for kind, _, _ in commits):
+            ops: list[list[Any] | None] = list(self._prepared_operations(repo, refs["main"],
+                                                                          [files for _, _, files in commits]))
+        else:  # resuming or repairing: the commits check for no-ops against their own branch
+            self._preupload(repo, [f for _, _, files in commits for f in files])
+            ops = [None] * len(commits)
+        leftovers = [b for b in refs if b.startswith(SCRATCH_PREFIX)]  # left by a killed run
+        for name in leftovers:
+            self._delete_branch(repo, name)
+        if walker != "main":
+            self.api.create_branch(repo, branch=walker, revision=refs["main"])
+        touched: dict[str, int] = {}
+        walker_sha = refs["main"]
+        for (kind, e, files), commit_ops in zip(commits, ops, strict=True):
             b = metadata.branch_name(e)
             msg = f"{m.name}: epoch {e} ({b})"
             if kind == "update":
-                refs[b] = self._commit(repo, b, [desired[e][p] for p in paths], refs[b], f"Update {msg}")
-            else:  # commit the epoch (atomic), then branch off that complete commit
-                changed = [desired[e][p] for p, _ in diff(desired[e], walker_files)]
-                if changed:
-                    walker_sha = self._commit(repo, walker, changed, walker_sha, f"Publish {msg}")
-                    walker_files.update({f.path: _RemoteLike.from_file(f) for f in changed})
-                self.api.create_branch(repo, branch=b, revision=walker_sha, exist_ok=False)
-                self.report.branches_created += 1
-                refs[b] = walker_sha
-                self.detail(f"branch {repo}@{b} -> {walker_sha[:10]}")
+                refs[b] = self._commit(repo, b, files, refs[b], f"Update {msg}", ops=commit_ops)
+            elif kind == "create":  # commit the epoch (atomic), then branch off that complete commit
+                if files:
+                    walker_sha = self._commit(repo, walker, files, walker_sha, f"Publish {msg}", ops=commit_ops)
+                refs[b] = self._branch(repo, b, walker_sha, desired[e])
+            else:
+                if walker == "main":
+                    refs["main"] = walker_sha
+                else:
+                    self._delete_branch(repo, walker)
+                if files:
+                    refs["main"] = self._commit(repo, "main", files, refs["main"],
+                                                f"Publish {m.name}: final epoch {final}", ops=commit_ops)
+                    touched["main"] = final
+                continue
             touched[b] = e
-        if walker == SCRATCH_BRANCH:
-            self.api.delete_branch(repo, branch=SCRATCH_BRANCH)
-        else:
-            refs["main"], main_files = walker_sha, walker_files
-        changed = [desired[final][p] for p, _ in diff(desired[final], main_files)]
-        if changed:
-            refs["main"] = self._commit(repo, "main", changed, refs["main"],
-                                        f"Publish {m.name}: final epoch {final}")
-            touched["main"] = final
         # Verify every branch we touched against the local files (LFS sha256 / git blob ids from the tree API).
         for b, e in touched.items():
             bad = diff(desired[e], self._tree(repo, refs[b]))
@@ -466,18 +565,56 @@ class Publisher:
                 path, why = bad[0]
                 raise ZooError(f"verification failed after upload: {repo}@{b}: {path}: {why}; rerun the same "
                                "command to repair it")
+        if walker != "main" or leftovers:  # a killed run's late create_branch of its scratch may land meanwhile
+            for name in [b for b in self._refs(repo, create=False) or {} if b.startswith(SCRATCH_PREFIX)]:
+                self._delete_branch(repo, name)
         return {e: refs[metadata.branch_name(e)] for e in epochs}
 
     # ---- metadata dataset and collection -----------------------------------------------------------------------
 
+    def start_metadata(self) -> None:
+        """Build the metadata tables in a background thread while the repos upload: loading the validation sets
+        and reading every checkpoint's weights for its statistics is the slow, Hub-independent part (tens of
+        seconds for the mini zoo); only the checkpoints' commit column waits for the Hub (`metadata_files`)."""
+        import threading
+
+        self._stats: dict[tuple[Path, Path | None], dict[str, Any]] = {}
+        self._prepared: dict[str, Any] = {}
+
+        def statistics(weights: Path, parent: Path | None) -> dict[str, Any]:
+            key = (weights, parent)
+            if key not in self._stats:
+                self._stats[key] = metadata.checkpoint_statistics(weights, parent)
+            return self._stats[key]
+
+        def build() -> None:
+            try:
+                missing: list[str] = []
+                self._prepared["tables"] = metadata.build_tables(
+                    self.models, self.namespace, epochs=lambda m: self.chosen[m.name], with_labels=True,
+                    missing_labels=missing, statistics=statistics)
+                self._prepared["missing"] = missing
+            except BaseException as err:  # re-raised in metadata_files, in the main thread
+                self._prepared["error"] = err
+
+        self._statistics = statistics
+        self._builder = threading.Thread(target=build, name="metadata-tables", daemon=True)
+        self._builder.start()
+
     def metadata_files(self, commits: dict[tuple[str, int], str], collection_url: str) -> dict[str, RepoFile]:
         from vitzoo_hf.cards import render_dataset_card
 
-        missing: list[str] = []
-        tables = metadata.build_tables(self.models, self.namespace, epochs=lambda m: self.chosen[m.name],
-                                       commits=commits, with_labels=True, missing_labels=missing,
-                                       statistics=metadata.checkpoint_statistics)
-        for key in missing:
+        if not hasattr(self, "_builder"):
+            self.start_metadata()
+        self._builder.join()
+        if "error" in self._prepared:
+            raise self._prepared["error"]
+        tables = dict(self._prepared["tables"])
+        # The one Hub-dependent column: every checkpoint's commit (the statistics are computed already).
+        tables["checkpoints"] = metadata.build_tables(self.models, self.namespace,
+                                                      epochs=lambda m: self.chosen[m.name], commits=commits,
+                                                      with_labels=False, statistics=self._statistics)["checkpoints"]
+        for key in self._prepared.pop("missing", []):
             self.log(f"warning: validation labels of {key} unavailable (its data set cannot be loaded here); the "
                      "labels config will lack them")
         files = {}
@@ -543,15 +680,25 @@ class Publisher:
         self.verify_local(self.models, self.chosen)
         if not self.verify_only:
             self.check_namespace(who, self.meta_repo)
+        self.start_metadata()
         commits: dict[tuple[str, int], str] = {}
-        bar = tqdm(self.models, desc=f"{'verify' if self.verify_only else 'publish'} {self.zoo}", unit="repo",
-                   disable=not self.progress)
-        for m in bar:
-            bar.set_postfix_str(m.name[-40:], refresh=False)
-            shas = with_retries(f"publishing {self.namespace}/{m.name}", lambda m=m: self.publish_model(m),
-                                self.log)
-            commits.update({(m.name, e): sha for e, sha in shas.items()})
-            self.report.repos += 1
+        bar = tqdm(total=len(self.models), desc=f"{'verify' if self.verify_only else 'publish'} {self.zoo}",
+                   unit="repo", disable=not self.progress)
+        # A few repos at once: each step waits on the Hub (its disk syncs, the network), not on our CPU.
+        with ThreadPoolExecutor(min(self.jobs, len(self.models)) or 1, thread_name_prefix="publish") as pool:
+            futures = {pool.submit(with_retries, f"publishing {self.namespace}/{m.name}",
+                                   lambda m=m: self.publish_model(m), self.log): m for m in self.models}
+            try:
+                for future in as_completed(futures):
+                    m = futures[future]
+                    commits.update({(m.name, e): sha for e, sha in future.result().items()})
+                    self.report.repos += 1
+                    bar.set_postfix_str(m.name[-40:], refresh=False)
+                    bar.update()
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
         bar.close()
         slug = with_retries("creating the collection", self.collection, self.log)
         self.report.collection = slug
@@ -604,8 +751,9 @@ def _quiet_libraries() -> Iterator[None]:
 
 def publish(zoo_dir: str | Path, namespace: str, *, endpoint: str | None = None, epochs: str = "all",
             private: bool = False, verify_only: bool = False, progress: bool = True, verbose: bool = False,
-            log: Callable[[str], None] | None = None) -> Report:
-    """Publish (or with `verify_only`, check) a zoo folder under `namespace`; see the module docstring."""
+            log: Callable[[str], None] | None = None, jobs: int = JOBS) -> Report:
+    """Publish (or with `verify_only`, check) a zoo folder under `namespace`, `jobs` repos at once; see the module
+    docstring."""
     import os
 
     from vitzoo_hf.hub import configure_clients
@@ -613,7 +761,7 @@ def publish(zoo_dir: str | Path, namespace: str, *, endpoint: str | None = None,
     target = (endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     with configure_clients(target), _quiet_libraries():  # Xet off for a local hub (plain LFS), on for the Hub
         publisher = Publisher(zoo_dir, namespace, epochs=epochs, private=private, verify_only=verify_only,
-                              progress=progress, verbose=verbose, log=log)
+                              progress=progress, verbose=verbose, log=log, jobs=jobs)
         report = publisher.run()
     if verify_only and report.problems:
         shown = "; ".join(report.problems[:3])

@@ -706,6 +706,7 @@ class HubApp:
             raise BadRequest("Only the LFS 'upload' operation is supported; download through /resolve.")
         prefix = "datasets/" if repo.type == "dataset" else ""
         exp = int(time.time()) + _LFS_URL_TTL
+        origin = req.server_url or req.base_url  # never the Host header: the client uploads where we tell it
         objects = []
         for obj in _field(body, "objects", list, []):
             oid, size = (obj.get("oid"), obj.get("size")) if isinstance(obj, dict) else (None, None)
@@ -717,9 +718,9 @@ class HubApp:
             item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             if self.store.blob_size(oid) != size:  # already stored: no actions, the client skips the upload
                 item["actions"] = {
-                    "upload": {"href": f"{req.base_url}/_lfs/upload/{oid}/{size}?exp={exp}&sig="
+                    "upload": {"href": f"{origin}/_lfs/upload/{oid}/{size}?exp={exp}&sig="
                                        f"{self._sign(oid, size, exp)}", "header": {}, "expires_in": _LFS_URL_TTL},
-                    "verify": {"href": f"{req.base_url}/{prefix}{repo.id}.git/info/lfs/objects/verify",
+                    "verify": {"href": f"{origin}/{prefix}{repo.id}.git/info/lfs/objects/verify",
                                "expires_in": _LFS_URL_TTL},
                 }
             objects.append(item)

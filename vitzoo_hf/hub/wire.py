@@ -123,7 +123,8 @@ class Request:
     query: dict[str, list[str]]
     headers: Any
     body: BodyReader
-    base_url: str  # scheme://host[:port] exactly as the client addressed us
+    base_url: str  # scheme://host[:port] exactly as the client addressed us (the Host header)
+    server_url: str = ""  # the server's own address as the connection reached it: never taken from a header
 
     def q(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
