@@ -145,13 +145,22 @@ def _spread(n: int, capacity: Sequence[int], rng: random.Random) -> list[int]:
 Loader = Callable[[str, int], object]
 
 
-def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str], settings: Sequence[str],
-             draws: int = 5, seed: int = 0, n_pretrained: int = 10, n_children: int = 12, truth: str = "lineage",
-             trees: str = "given", progress: bool = True) -> tuple[list[dict], dict]:
+Method = Callable[[int | None], Callable[[list], list[tuple[int, int]]]]
+"""A method factory: number of trees (None: estimate it) -> function(weights) -> (parent, child) index pairs."""
+
+
+def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str] | Mapping[str, Method],
+             settings: Sequence[str], draws: int = 5, seed: int = 0, n_pretrained: int = 10, n_children: int = 12,
+             truth: str = "lineage", trees: str = "given", progress: bool = True) -> tuple[list[dict], dict]:
     """Run every method on `draws` random sub-zoos per setting. Each method sees only the weights, in a shuffled
     order, and the number of trees (the number of pre-trained models drawn; trees="estimated": not even that).
+    `methods`: names of `vitzoo_hf.lineage.METHODS`, or name -> `Method` factory.
     Returns one row per (setting, draw, method) and, per setting, the first draw's sub-zoo and predictions
-    (for plotting). Settings the zoo cannot support (no fine-tunes varying by that factor alone) are skipped."""
+    (for plotting). Settings the zoo cannot support (no fine-tunes varying by that factor alone) are skipped.
+
+    Draws: draw d of a setting uses its own generator, seeded by (seed, setting, d), for both the sub-zoo and the
+    order the methods see; draws are independent, so two draws may share nodes (never all of them unless the
+    zoo offers one sub-zoo only)."""
     from tqdm.auto import tqdm
 
     from vitzoo_hf.lineage import method
@@ -160,6 +169,8 @@ def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str], se
     if trees not in ("given", "estimated"):
         raise ZooError(f"unknown trees option {trees!r}; use given or estimated")
 
+    factories: Mapping[str, Method] = (methods if isinstance(methods, Mapping)
+                                       else {name: (lambda k, name=name: method(name, k)) for name in methods})
     cache: dict[Node, object] = {}
     rows: list[dict] = []
     examples: dict = {}
@@ -180,8 +191,8 @@ def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str], se
         weights = [cache[node] for node in shuffled]
         predictions = {}
         n_trees = len({sub.backbone_of[n] for n in sub.nodes}) if trees == "given" else None
-        for name in methods:
-            pred = [(shuffled[p], shuffled[c]) for p, c in method(name, n_trees)(weights)]
+        for name, factory in factories.items():
+            pred = [(shuffled[p], shuffled[c]) for p, c in factory(n_trees)(weights)]
             s = score(pred, sub.edges, sub.nodes)
             rows.append({"setting": setting, "draw": d, "method": name, "nodes": len(sub.nodes),
                          "true_edges": len(sub.edges), **s})
