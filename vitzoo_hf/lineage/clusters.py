@@ -19,7 +19,7 @@ from scipy.spatial.distance import squareform
 from vitzoo_hf.errors import ZooError
 from vitzoo_hf.lineage.weights import Weights, common_layers
 
-MIN_GAP_RATIO = 3.0  # the link above the gap must be this many times the step below it, else one tree
+MIN_GAP_RATIO = 2.0  # the link above the gap must be this many times the step below it, else one tree
 
 
 def matrices(models: Sequence[Weights]) -> np.ndarray:

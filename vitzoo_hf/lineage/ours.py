@@ -24,10 +24,15 @@ sibling onto a sibling or onto a slower run that lies near the same path. What w
    makes it radial at its end (cosines +0.1 / -0.9 on the suite's AdamW runs). `arrows` classifies every
    pair and tensor so and votes; "fine-tuning adds norm" alone reversed all 24 SGD runs of the weight-decay
    suite zoo (F1 0.00), the two-way rule orients all of them.
-3. Parents. With the ancestor r fixed, the distance from r orders the checkpoints in time; the parent of c is the
-   earlier checkpoint p minimising d(p, c) + alpha * (d(r, p) + d(p, c) - d(r, c)): the step plus the detour
-   that passing through p would add. An earlier checkpoint of c's own run is almost on the way; a sibling run
-   is a long detour.
+3. Parents. With the ancestor r fixed, the distance from r orders the checkpoints in time; an edge p -> c costs
+   d(p, c) + alpha * (d(r, p) + d(p, c) - d(r, c)): the step plus the detour that passing through p would add.
+   An earlier checkpoint of c's own run is almost on the way; a sibling run is a long detour, except a sibling
+   with a smaller learning rate (same data order, same head seed): it follows the same path more slowly, so
+   its checkpoints lie on the way too. Hence a structural prior: runs branch only at the pre-trained model
+   (every other checkpoint has one successor at most), and the cheapest split into runs is an assignment
+   problem (`runs_from_root`). On the suite it lifts lr F1 from 0.92 to 0.97 (weight decay 0.1 zoo) and
+   0.83 to 0.87 (no weight decay, mini's lr grid), seed from 0.94 to 1.00. A zoo whose fine-tunes have
+   fine-tunes of their own breaks the prior: `OursOptions(runs=False)` takes each node's cheapest parent.
 
 Clusters (one per pre-trained model): single linkage on the cosine distance of the weight matrices, the number
 of trees given or estimated from the largest gap of the minimum spanning tree (`clusters.estimate_trees`).
@@ -63,6 +68,7 @@ class OursOptions:
     delta: float = 2.0  # root score: per model lying behind the root
     margin: float | None = 1.0  # candidates within this of the best geometric score; the arrows pick among them
     # (None: the arrows alone)
+    runs: bool = True  # runs branch only at the pre-trained model (`runs_from_root`); False: greedy parents
     seed: int = 0
 
 
@@ -117,6 +123,31 @@ def tree_from_root(dist: np.ndarray, root: int, alpha: float = 1.0) -> list[Edge
     return sorted(edges)
 
 
+def runs_from_root(dist: np.ndarray, root: int, alpha: float = 1.0) -> list[Edge]:
+    """Parents under "runs branch only at the pre-trained model": every checkpoint but the root has at most one
+    child (the next checkpoint of its run), so the non-root nodes split into runs leaving the root. The cheapest
+    split (step + alpha * detour per edge) is an assignment problem, solved exactly; parents are nearer the root
+    than their children, so there are no cycles. Module docstring, point 3."""
+    from scipy.optimize import linear_sum_assignment
+
+    n = len(dist)
+    t = dist[root]
+    kids = [i for i in range(n) if i != root]
+    if not kids:
+        return []
+    big = 1e6 * (float(dist.max()) + 1.0)
+    # rows: the root, once per child it may take, then every other node once; columns: the children
+    rows = [root] * len(kids) + kids
+    cost = np.full((len(rows), len(kids)), big)
+    for j, c in enumerate(kids):
+        for i, p in enumerate(rows):
+            if p == c or (p != root and (t[p], p) >= (t[c], c)):
+                continue
+            cost[i, j] = dist[p, c] + alpha * (t[p] + dist[p, c] - t[c])
+    r, c = linear_sum_assignment(cost)
+    return sorted((int(rows[i]), int(kids[j])) for i, j in zip(r, c, strict=True))
+
+
 def tree_cost(dist: np.ndarray, root: int, edges: Sequence[Edge], alpha: float) -> float:
     t = dist[root]
     return float(sum(dist[p, c] + alpha * (t[p] + dist[p, c] - t[c]) for p, c in edges))
@@ -169,5 +200,6 @@ def ours(models: Sequence[Weights], options: OursOptions | None = None) -> list[
         x = np.stack([np.concatenate([m[k].ravel() for k in names]) for m in members]).astype(np.float64)
         d = dist[np.ix_(idx, idx)]
         root = find_root(x, d, arrows(members), o)
-        edges += [(int(idx[p]), int(idx[c])) for p, c in tree_from_root(d, root, o.alpha)]
+        tree = runs_from_root(d, root, o.alpha) if o.runs else tree_from_root(d, root, o.alpha)
+        edges += [(int(idx[p]), int(idx[c])) for p, c in tree]
     return sorted(edges)
