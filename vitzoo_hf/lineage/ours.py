@@ -56,7 +56,7 @@ from vitzoo_hf.lineage.weights import Weights, common_layers
 Edge = tuple[int, int]
 
 
-RESCALING = 0.3  # both ends see the step more than 0.3 in cosine off sideways, one inwards, one outwards: decay
+RESCALING = 0.15  # both ends see the step over 0.15 in cosine off sideways, one inwards, one outwards: decay
 
 
 @dataclass
