@@ -74,12 +74,9 @@ def open_zoo(path: Path):
 
 def table3_rows(rows, load, methods, draws, truth, seed) -> list[dict]:
     settings = [s for s in SETTINGS if available(rows, s)]
-    out = []
-    for trees in ("given", "estimated"):
-        results, _ = evaluate(rows, load, list(methods), settings, draws=draws, seed=seed, truth=truth, trees=trees,
-                              progress=False)
-        out += [{**r, "trees": trees} for r in results]
-    return out
+    results, _ = evaluate(rows, load, list(methods), settings, draws=draws, seed=seed, truth=truth,
+                          trees=("given", "estimated"), progress=False)
+    return results
 
 
 def single_chains(rows, load, methods) -> list[dict]:

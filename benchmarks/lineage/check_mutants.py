@@ -21,8 +21,8 @@ TABLE3 = "vitzoo_hf/lineage/table3.py"
 MUTANTS = {
     "none": None,
     "A: no shuffle": ("        rng.shuffle(order)\n", "        pass  # mutant: no shuffle\n"),
-    "B: back-map through the unshuffled list": ("pred = [(shuffled[p], shuffled[c])",
-                                                "pred = [(sub.nodes[p], sub.nodes[c])"),
+    "B: back-map through the unshuffled list": ("[(shuffled[p], shuffled[c]) for p, c in factory",
+                                                "[(sub.nodes[p], sub.nodes[c]) for p, c in factory"),
 }
 TESTS = ["tests/test_lineage_harness.py", "-k", "test_harness"]
 

@@ -119,18 +119,13 @@ def run_table3(source: str, out: str | Path, draws: int = 5, seed: int = 0, meth
     def load(name: str, epoch: int):
         return backbone(zoo.weights_path(name, epoch))
 
-    results, summaries, examples, done = [], {}, {}, None
-    for t in truths:
-        for k in tree_modes:
-            rows_tk, ex = evaluate(rows, load, list(methods), list(settings), draws=draws, seed=seed,
-                                   n_pretrained=n_pretrained, n_children=n_children, truth=t, trees=k,
-                                   progress=progress)
-            done = [s for s in settings if s in ex]
-            results += [{**r, "truth": t, "trees": k} for r in rows_tk]
-            summaries[(t, k)] = summarise(rows_tk, done)
-            examples[(t, k)] = ex
+    results, first = evaluate(rows, load, list(methods), list(settings), draws=draws, seed=seed,
+                              n_pretrained=n_pretrained, n_children=n_children, truth=truths, trees=tree_modes,
+                              progress=progress)
+    done = [s for s in settings if s in first]
+    summaries = {(t, k): summarise([r for r in results if r["truth"] == t and r["trees"] == k], done)
+                 for t in truths for k in tree_modes}
     skipped = [s for s in settings if s not in done]
-    first = examples[(truths[0], tree_modes[0])]
     out.mkdir(parents=True, exist_ok=True)
     sizes = {s: first[s][0] for s in done}
     strongest = _strongest(summaries[(truths[0], tree_modes[0])], done)
