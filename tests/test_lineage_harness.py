@@ -184,3 +184,20 @@ def test_every_method_gives_the_same_edges_for_any_input_order(name, seed, decay
     base = sorted(method(models))
     shuffled = method([models[i] for i in order])
     assert sorted((int(order[p]), int(order[c])) for p, c in shuffled) == base
+
+
+def test_one_pass_scores_both_truths_and_both_tree_modes():
+    rows = _zoo_rows()
+    load, decode = _identity_weights(rows)
+    results, examples = evaluate(rows, load, {"oracle": _oracle(rows, decode)}, ["epochs", "lr"], draws=2, seed=4,
+                                 truth=("lineage", "backbone"), trees=("given", "estimated"), progress=False)
+    assert len(results) == 2 * 2 * 2 * 2  # truths x tree modes x settings x draws
+    by = {(r["truth"], r["trees"], r["setting"], r["draw"]): r for r in results}
+    for trees in ("given", "estimated"):
+        for d in range(2):
+            assert by[("lineage", trees, "lr", d)]["f1"] == 1.0
+            assert by[("backbone", trees, "lr", d)]["f1"] < 0.5  # the oracle knows runs, the star reading not
+            # a chain has one reading only; the same nodes are scored under both
+            assert by[("backbone", trees, "epochs", d)]["f1"] == 1.0
+            assert by[("backbone", trees, "lr", d)]["nodes"] == by[("lineage", trees, "lr", d)]["nodes"]
+    assert set(examples) == {"epochs", "lr"}
