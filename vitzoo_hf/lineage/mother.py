@@ -6,14 +6,23 @@ Defaults follow the zoo paper's Appendix B; every point where the paper, the off
 (eliahuhorwitz/MoTHer) and the port the zoo's authors used (kschuerholt/ModelTree) differ is an option:
 
 option            Appendix B (default)        official code                    ModelTree port
-clustering        k-means on L2               Ward on sum of mean |dW|         Ward on the square L2 matrix
-distance          "l2" (Euclidean, all)       "linf_minmax" (q,k,v,o)          "l2_minmax_mean" (given layers)
+clustering        "kmeans" on the weights     "ward" on the condensed sum of   "ward_rows": Ward with the rows of
+                  (= clustering by L2)        mean |dW| over square matrices   the square tree distance matrix as
+                                                                               observations (`linkage(D)` on D)
+distance          "l2" (Euclidean, all)       "linf_minmax" (q,k,v,o), min-max "l2_minmax_mean" (given layers),
+                                              statistics per tree              min-max over the whole graph
 kurtosis_layers   "matrices"                  "attention_output"               user given
 kurtosis_reduce   "mean"                      "sum"                            "mean"
 direction         "decrease" (text: kurtosis  "decrease" (rev=False)           "increase" (T not transposed)
                   falls during fine-tuning)
 lam               0.3 (not given; official)   0.3                              0.4
 mean_diagonal     False (eq. 2: off-diag.)    True                             True
+
+One deliberate deviation from the official code: its L-infinity distance takes the largest element of the
+*signed* difference W_i - W_j for i < j in file order, so its edges depend on the order the models are listed
+in. We take both signs (the largest |W_i - W_j|, min-max normalised over both orientations), which is the same
+distance for every order. The number of trees, when not given, comes from `clusters.estimate_trees` for every
+variant (none of the references estimates it: they are given the true number).
 """
 
 from __future__ import annotations
@@ -22,10 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.distance import cdist, squareform
+from scipy.spatial.distance import cdist
 from scipy.stats import kurtosis as scipy_kurtosis
 
 from vitzoo_hf.errors import ZooError
+from vitzoo_hf.lineage.clusters import cluster
 from vitzoo_hf.lineage.weights import Weights, common_layers, select
 
 Edge = tuple[int, int]
@@ -50,15 +60,16 @@ def l2_minmax_mean(stacked: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def linf_minmax(stacked: dict[str, np.ndarray]) -> np.ndarray:
-    """Official MoTHeR distance: per layer, signed differences W_i - W_j (i < j) min-max normalised over all pairs
-    and elements, the pair's largest normalised element; the model distance is the maximum over layers."""
+    """Official MoTHeR distance: per layer, the differences W_i - W_j of every pair, min-max normalised over all
+    pairs and elements, the pair's largest normalised element; the model distance is the maximum over layers.
+    Both orientations of each pair count (see the module docstring), so min = -max."""
     n = next(iter(stacked.values())).shape[0]
     out = np.zeros((n, n))
     iu = np.triu_indices(n, 1)
     for x in stacked.values():
-        diff = x[iu[0]] - x[iu[1]]
-        lo, hi = diff.min(), diff.max()
-        per_pair = (diff.max(axis=1) - lo) / (hi - lo) if hi > lo else np.zeros(len(diff))
+        largest = np.abs(x[iu[0]] - x[iu[1]]).max(axis=1)  # max over elements of both W_i - W_j and W_j - W_i
+        hi = largest.max() if len(largest) else 0.0
+        per_pair = (largest + hi) / (2 * hi) if hi > 0 else np.zeros(len(largest))
         layer = np.zeros((n, n))
         layer[iu] = per_pair
         out = np.maximum(out, layer + layer.T)
@@ -72,7 +83,7 @@ def mean_abs_sum(stacked: dict[str, np.ndarray]) -> np.ndarray:
 
 DISTANCES = {"l2": l2_distance, "l2_minmax_mean": l2_minmax_mean, "linf_minmax": linf_minmax,
              "mean_abs": mean_abs_sum}
-DISTANCE_LAYERS = {"l2": "all", "l2_minmax_mean": "matrices", "linf_minmax": "attention", "mean_abs": "matrices"}
+DISTANCE_LAYERS = {"l2": "all", "l2_minmax_mean": "matrices", "linf_minmax": "attention", "mean_abs": "square"}
 
 
 def distance_matrix(models: Sequence[Weights], kind: str = "l2", layers: str | None = None) -> np.ndarray:
@@ -98,49 +109,6 @@ def kurtosis_scores(models: Sequence[Weights], layers: str = "matrices", reduce:
     if reduce == "mean":
         return per_layer.mean(axis=1)
     raise ZooError(f"unknown kurtosis reduction {reduce!r}; use sum or mean")
-
-
-# ---- clustering -------------------------------------------------------------------------------------------------
-
-def estimate_clusters(dist: np.ndarray, min_ratio: float = 2.0) -> int:
-    """Number of trees from the Ward dendrogram: cut at the largest jump between successive merge heights, if that
-    jump is at least `min_ratio`-fold (well-separated ancestors), else one tree."""
-    from scipy.cluster.hierarchy import linkage
-
-    n = len(dist)
-    if n <= 2:
-        return 1
-    heights = linkage(squareform(dist, checks=False), method="ward")[:, 2]
-    ratios = heights[1:] / np.maximum(heights[:-1], 1e-12)  # jump from merge m to merge m+1
-    best = int(np.argmax(ratios))
-    if ratios[best] < min_ratio:
-        return 1
-    return n - (best + 1)  # keep merges 0..best: n - (best+1) clusters
-
-
-def cluster(models: Sequence[Weights] | None, dist: np.ndarray, n_clusters: int | None = None,
-            method: str = "kmeans", seed: int = 0) -> np.ndarray:
-    """Cluster label per model. `kmeans` on the flattened weights (the paper; that is clustering by L2),
-    `ward` on the condensed `dist` (the official code)."""
-    n = len(dist)
-    k = estimate_clusters(dist) if n_clusters is None else int(n_clusters)
-    if not 1 <= k <= n:
-        raise ZooError(f"cannot make {k} clusters of {n} models; give 1 <= --trees <= number of models")
-    if k == 1:
-        return np.zeros(n, dtype=int)
-    if method == "kmeans":
-        if models is None:
-            raise ZooError("k-means clustering needs the weights, not only a distance matrix")
-        from sklearn.cluster import KMeans
-
-        names = common_layers(models)
-        x = np.stack([np.concatenate([m[k_].ravel() for k_ in names]) for m in models])
-        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(x)
-    if method == "ward":
-        from scipy.cluster.hierarchy import fcluster, linkage
-
-        return fcluster(linkage(squareform(dist, checks=False), method="ward"), k, criterion="maxclust") - 1
-    raise ZooError(f"unknown clustering {method!r}; use kmeans or ward")
 
 
 # ---- tree -------------------------------------------------------------------------------------------------------
@@ -192,14 +160,17 @@ class MotherOptions:
     mean_diagonal: bool = False
     seed: int = 0
 
+    per_tree_distance: bool = False  # official: min-max statistics of the tree distance per tree (cluster)
+
     @classmethod
     def variant(cls, name: str, **overrides) -> MotherOptions:
         """Named variants: `paper` (Appendix B), `official` (eliahuhorwitz/MoTHer), `modeltree` (the port)."""
         presets = {
             "paper": {},
             "official": dict(clustering="ward", distance="linf_minmax", kurtosis_layers="attention_output",
-                             kurtosis_reduce="sum", direction="decrease", lam=0.3, mean_diagonal=True),
-            "modeltree": dict(clustering="ward", distance="l2_minmax_mean", kurtosis_layers="matrices",
+                             kurtosis_reduce="sum", direction="decrease", lam=0.3, mean_diagonal=True,
+                             per_tree_distance=True),
+            "modeltree": dict(clustering="ward_rows", distance="l2_minmax_mean", kurtosis_layers="matrices",
                               kurtosis_reduce="mean", direction="increase", lam=0.4, mean_diagonal=True),
         }
         if name not in presets:
@@ -210,13 +181,19 @@ class MotherOptions:
 def mother(models: Sequence[Weights], options: MotherOptions | None = None) -> list[Edge]:
     """Predicted (parent, child) index pairs over `models`."""
     o = options or MotherOptions()
-    dist = distance_matrix(models, o.distance)
-    cluster_dist = dist if o.clustering == "kmeans" else distance_matrix(models, "mean_abs")
-    labels = cluster(models, cluster_dist, o.n_clusters, o.clustering, o.seed)
+    dist = None if o.per_tree_distance else distance_matrix(models, o.distance)
+    if o.clustering == "ward":  # official: its own clustering distance
+        labels = cluster(models, distance_matrix(models, "mean_abs"), o.n_clusters, "ward", o.seed)
+    else:  # k-means on the weights (the paper), Ward on the rows of the tree distance (ModelTree)
+        labels = cluster(models, dist if dist is not None else distance_matrix(models, o.distance), o.n_clusters,
+                         o.clustering, o.seed)
     kurt = kurtosis_scores(models, o.kurtosis_layers, o.kurtosis_reduce)
     edges: list[Edge] = []
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
-        m = prior_matrix(dist[np.ix_(idx, idx)], kurt[idx], o.lam, o.direction, o.mean_diagonal)
+        if len(idx) == 1:
+            continue
+        d = distance_matrix([models[i] for i in idx], o.distance) if dist is None else dist[np.ix_(idx, idx)]
+        m = prior_matrix(d, kurt[idx], o.lam, o.direction, o.mean_diagonal)
         edges += [(int(idx[i]), int(idx[j])) for i, j in arborescence(m)]
     return sorted(edges)

@@ -145,21 +145,46 @@ def _spread(n: int, capacity: Sequence[int], rng: random.Random) -> list[int]:
 Loader = Callable[[str, int], object]
 
 
-def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str], settings: Sequence[str],
-             draws: int = 5, seed: int = 0, n_pretrained: int = 10, n_children: int = 12, truth: str = "lineage",
-             trees: str = "given", progress: bool = True) -> tuple[list[dict], dict]:
+Method = Callable[[int | None], Callable[[list], list[tuple[int, int]]]]
+"""A method factory: number of trees (None: estimate it) -> function(weights) -> (parent, child) index pairs."""
+
+
+def _names(value: str | Sequence[str], allowed: Sequence[str], what: str) -> tuple[str, ...]:
+    names = (value,) if isinstance(value, str) else tuple(value)
+    for v in names:
+        if v not in allowed:
+            raise ZooError(f"unknown {what} {v!r}; use {' or '.join(allowed)}")
+    if not names:
+        raise ZooError(f"give at least one {what}")
+    return names
+
+
+def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str] | Mapping[str, Method],
+             settings: Sequence[str], draws: int = 5, seed: int = 0, n_pretrained: int = 10, n_children: int = 12,
+             truth: str | Sequence[str] = "lineage", trees: str | Sequence[str] = "given",
+             progress: bool = True) -> tuple[list[dict], dict]:
     """Run every method on `draws` random sub-zoos per setting. Each method sees only the weights, in a shuffled
     order, and the number of trees (the number of pre-trained models drawn; trees="estimated": not even that).
-    Returns one row per (setting, draw, method) and, per setting, the first draw's sub-zoo and predictions
-    (for plotting). Settings the zoo cannot support (no fine-tunes varying by that factor alone) are skipped."""
+    `methods`: names of `vitzoo_hf.lineage.METHODS`, or name -> `Method` factory. `truth` and `trees` may each
+    be a sequence: every draw is then scored under each truth reading and run in each tree-count mode.
+    Returns one row per (truth, trees, setting, draw, method) and, per setting, the first draw's sub-zoo and
+    predictions under the first truth and tree-count mode (for plotting). Settings the zoo cannot support (no
+    fine-tunes varying by that factor alone) are skipped.
+
+    Draws: draw d of a setting uses its own generator, seeded by (seed, setting, d), for both the sub-zoo and the
+    order the methods see; draws are independent, so two draws may share nodes (never all of them unless the
+    zoo offers one sub-zoo only). The truth reading changes only the true edges, not the nodes drawn."""
     from tqdm.auto import tqdm
 
     from vitzoo_hf.lineage import method
+    from vitzoo_hf.lineage.clusters import cosine_distance, estimate_trees, matrices
     from vitzoo_hf.lineage.metrics import score
 
-    if trees not in ("given", "estimated"):
-        raise ZooError(f"unknown trees option {trees!r}; use given or estimated")
-
+    truths = _names(truth, ("lineage", "backbone"), "truth")
+    tree_modes = _names(trees, ("given", "estimated"), "trees option")
+    builtin = not isinstance(methods, Mapping)
+    factories: Mapping[str, Method] = (methods if isinstance(methods, Mapping)
+                                       else {name: (lambda k, name=name: method(name, k)) for name in methods})
     cache: dict[Node, object] = {}
     rows: list[dict] = []
     examples: dict = {}
@@ -169,25 +194,39 @@ def evaluate(models: Sequence[Mapping], load: Loader, methods: Sequence[str], se
                        "optimizer; lineage needs a zoo with fine-tuned models")
     jobs = [(s, d) for s in settings for d in range(draws)]
     for setting, d in tqdm(jobs, desc="table3", unit="draw", disable=not progress):
-        rng = random.Random(f"{seed}/{setting}/{d}")
-        sub = draw(models, setting, rng, n_pretrained, n_children, truth)
+        key = f"{seed}/{setting}/{d}"
+        rng = random.Random(key)
+        sub = draw(models, setting, rng, n_pretrained, n_children, truths[0])
         order = list(range(len(sub.nodes)))
         rng.shuffle(order)
         shuffled = [sub.nodes[i] for i in order]
+        true_edges = {truths[0]: sub.edges}
+        for t in truths[1:]:  # the same generator state gives the same nodes; only the parents differ
+            other = draw(models, setting, random.Random(key), n_pretrained, n_children, t)
+            assert other.nodes == sub.nodes
+            true_edges[t] = other.edges
         for node in shuffled:
             if node not in cache:
                 cache[node] = load(*node)
         weights = [cache[node] for node in shuffled]
-        predictions = {}
-        n_trees = len({sub.backbone_of[n] for n in sub.nodes}) if trees == "given" else None
-        for name in methods:
-            pred = [(shuffled[p], shuffled[c]) for p, c in method(name, n_trees)(weights)]
-            s = score(pred, sub.edges, sub.nodes)
-            rows.append({"setting": setting, "draw": d, "method": name, "nodes": len(sub.nodes),
-                         "true_edges": len(sub.edges), **s})
-            predictions[name] = pred
-        if d == 0:
-            examples[setting] = (sub, predictions)
+        given = len({sub.backbone_of[n] for n in sub.nodes})
+        # Built-in methods estimate the number of trees with exactly this call (`clusters.cluster`), so a run
+        # with the estimate is the run with None; it is made once per number.
+        estimate = estimate_trees(cosine_distance(matrices(weights))) if builtin else None
+        made: dict = {}
+        for mode in tree_modes:
+            n_trees = given if mode == "given" else None
+            for name, factory in factories.items():
+                memo = (name, n_trees if n_trees is not None or not builtin else estimate)
+                if memo not in made:
+                    made[memo] = [(shuffled[p], shuffled[c]) for p, c in factory(memo[1])(weights)]
+                pred = made[memo]
+                for t in truths:
+                    s = score(pred, true_edges[t], sub.nodes)
+                    rows.append({"truth": t, "trees": mode, "setting": setting, "draw": d, "method": name,
+                                 "nodes": len(sub.nodes), "true_edges": len(true_edges[t]), **s})
+                if d == 0 and mode == tree_modes[0]:
+                    examples.setdefault(setting, (sub, {}))[1][name] = pred
     return rows, examples
 
 

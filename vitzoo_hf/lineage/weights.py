@@ -99,6 +99,7 @@ def select(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], which: s
     """Layer subsets used by the methods.
 
     matrices          every 2-D weight matrix of the backbone
+    square            every square 2-D weight matrix (official MoTHeR clustering distance)
     attention_output  the square attention output projections (official MoTHeR code, `'output.dense'` + square)
     attention         query/key/value/output projections (official MoTHeR distance)
     all               every backbone tensor
@@ -107,12 +108,15 @@ def select(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], which: s
         return list(names)
     if which == "matrices":
         chosen = [n for n in names if n.endswith("weight") and len(shapes[n]) == 2]
+    elif which == "square":
+        chosen = [n for n in names if n.endswith("weight") and len(shapes[n]) == 2 and shapes[n][0] == shapes[n][1]]
     elif which == "attention_output":
         chosen = [n for n in names if ATTENTION_OUTPUT.search(n) and len(set(shapes[n])) == 1]
     elif which == "attention":
         chosen = [n for n in names if ATTENTION_QKVO.search(n)]
     else:
-        raise ZooError(f"unknown layer selection {which!r}; use matrices, attention_output, attention or all")
+        raise ZooError(f"unknown layer selection {which!r}; use matrices, square, attention_output, attention "
+                       "or all")
     if not chosen:
         raise ZooError(f"no backbone layer matches the selection {which!r}; use 'matrices' or 'all' for this model")
     return chosen
