@@ -20,7 +20,9 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -444,9 +446,10 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
                "seconds": round(time.perf_counter() - t0, 3)}
         row = {k: finite(v) for k, v in row.items()}
         if main:
-            save_checkpoint(path, epoch, accelerator.unwrap_model(model), optimizer, row, val_m["predictions"],
-                            accelerator.unwrap_model(head) if head else None, processor)
-            write_results(path)
+            with SIGTERM_STOP.saving_checkpoint():  # a SIGTERM now stops right after this epoch's checkpoint
+                save_checkpoint(path, epoch, accelerator.unwrap_model(model), optimizer, row, val_m["predictions"],
+                                accelerator.unwrap_model(head) if head else None, processor)
+                write_results(path)
             if progress:
                 shown = {k: "nan" if row[k] is None else f"{row[k]:.3f}"
                          for k in ("train_accuracy", "validation_accuracy", "validation_loss")}
@@ -463,6 +466,38 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
 
 
 
+
+
+class Preempted(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or preemption): stop like Ctrl-C; the last complete epoch is kept."""
+
+
+class _SigtermStop:
+    """SIGTERM stops training at once, except while an epoch's checkpoint is being written: that one is finished
+    first (it is the work a requeued run would otherwise redo), then the run stops. A resumed run continues after
+    the last complete checkpoint; the interrupted epoch is trained again from its start, the same batches."""
+
+    def __init__(self) -> None:
+        self.saving, self.pending = False, False
+
+    def handler(self, signum, frame) -> None:
+        if self.saving:
+            self.pending = True
+            return
+        raise Preempted
+
+    @contextmanager
+    def saving_checkpoint(self):
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+        if self.pending:
+            raise Preempted
+
+
+SIGTERM_STOP = _SigtermStop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -482,6 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        if threading.current_thread() is threading.main_thread():  # SLURM's --signal, `kill`: stop cleanly
+            signal.signal(signal.SIGTERM, SIGTERM_STOP.handler)
         bp = load_blueprint(args.blueprint)
         train_model(bp, find_model(bp, args.model), args.out, log_with=args.log_with, progress=not args.no_progress,
                     mixed_precision=args.mixed_precision, num_workers=args.num_workers)
