@@ -424,7 +424,7 @@ def shipped_blueprints() -> list[str]:
 
 def _read_yaml(ref: str) -> tuple[dict[str, Any], str]:
     path = Path(ref)
-    if ref in shipped_blueprints() and not path.exists():
+    if ref in shipped_blueprints() and not path.is_file():  # a folder named like a blueprint (--out paper) is no file
         text, source = resources.files("vitzoo_hf").joinpath("blueprints").joinpath(f"{ref}.yaml").read_text(), ref
     elif path.is_file():
         raw, source = path.read_bytes(), str(path)
