@@ -74,6 +74,14 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
             check_settings(layout.model_dir(out, m), model_record(bp, m, None, m.batch_size), resuming=False)
         else:
             todo.append(m)
+    if todo:  # fail in the first minute, not on day three: data, precision, disk, launcher (`vitzoo check`)
+        from vitzoo_hf.checks import preflight
+
+        problems, _ = preflight(bp, todo, out, mixed_precision=mixed_precision, num_processes=num_processes,
+                                jobs=jobs, devices=devices)
+        if problems:
+            raise ZooError("\n".join([*problems, f"({len(problems)} problem(s) found before training; nothing was "
+                                                  "written. `vitzoo check` lists them again)"]))
     if jobs > 1 or devices:
         report = run_jobs(bp, todo, out, jobs, devices, num_workers=num_workers, mixed_precision=mixed_precision,
                           log_with=log_with, progress=progress)

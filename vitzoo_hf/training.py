@@ -190,9 +190,12 @@ def seed_epoch(generator: torch.Generator, spec: ModelSpec, epoch: int, rank: in
 
 
 def resolve_precision(setting: str) -> str:
-    """Blueprint/CLI precision → Accelerate's: `auto` is bf16 on a CUDA GPU that supports it, else fp32 (no)."""
-    if setting == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    """Blueprint/CLI precision → Accelerate's: `auto` is bf16 on CUDA GPUs that run it natively (compute
+    capability >= 8.0), else fp32 (no)."""
+    if setting == "auto":  # by compute capability: torch.cuda.is_bf16_supported() also counts emulated bf16
+        from vitzoo_hf.checks import Machine, resolve_auto
+
+        return resolve_auto(Machine.here())
     if setting == "fp16" and not torch.cuda.is_available():
         raise ZooError("mixed precision 'fp16' needs a CUDA GPU and none is visible; use --mixed-precision auto, "
                        "no or bf16 on this machine")
