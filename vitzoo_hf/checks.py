@@ -109,7 +109,8 @@ def parameter_count(bp: Blueprint, stage: str, task: str, head: str | None, num_
         if stage == "pretraining" and task == "contrastive":
             c = bp.pretraining.tasks.contrastive
             parts = [ZooViTModel(model_config(bp, labels)),
-                     ProjectionHead(bp.architecture.hidden_size, c.projection_hidden_size, c.projection_dim)]
+                     ProjectionHead(bp.architecture.hidden_size, c.projection_hidden_size, c.projection_dim,
+                                    layers=1 if c.projection == "linear" else 2)]
         else:
             parts = [ZooViTForImageClassification(model_config(bp, labels, head or "linear"))]
     return sum(p.numel() for part in parts for p in part.parameters())

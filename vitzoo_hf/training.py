@@ -63,7 +63,7 @@ from vitzoo_hf.checkpoints import (
 )
 from vitzoo_hf.data import class_names, load_splits
 from vitzoo_hf.errors import ZooError, run_cli
-from vitzoo_hf.modeling import ZooViTForImageClassification, ZooViTModel, build_head
+from vitzoo_hf.modeling import ZooViTForImageClassification, ZooViTModel, build_head, reinit_linear
 from vitzoo_hf.recipe import (
     SAMPLE_SEED_RULE,
     TRAIN_EVAL_RULE,
@@ -215,7 +215,11 @@ def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None
         c = bp.pretraining.tasks.contrastive
         recipe["contrastive"] = {"temperature": c.temperature, "projection_dim": c.projection_dim,
                                  "projection_hidden_size": c.projection_hidden_size, "views": asdict(c.views)}
-    recipe.update(scheduler=None, head_init="torch default, seeded by head_seed",
+        if c.projection != "mlp":  # recorded when not the default, so folders written before the key still match
+            recipe["contrastive"]["projection"] = c.projection
+    head_init = ("torch default, seeded by head_seed" if bp.finetuning.head_init == "torch_default" else
+                 f"kaiming_normal, bias {bp.architecture.init_bias}, seeded by head_seed")
+    recipe.update(scheduler=None, head_init=head_init,
                   batch_mixing="MixUp/CutMix on the device batch, in the training loop",
                   train_metrics={"train_max": bp.evaluation.train_max, "subset": TRAIN_EVAL_RULE})
     return {"name": spec.name, "stage": spec.stage, "task": spec.task, "parent": spec.parent,
@@ -296,13 +300,33 @@ def train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: str | Path, log_with: s
 _SETTINGS = ("factors", "batch_size", "architecture", "recipe", "seeds")
 
 
+# Recipe keys added after zoos were first written, with the value every earlier zoo was trained with: a folder
+# written before a key existed still matches a blueprint that leaves the key at that value.
+ADDED_KEYS: dict[tuple[str, ...], dict[str, Any]] = {
+    ("architecture",): {"layer_norm_eps": 1e-12, "init": "hf", "init_bias": 0.0},
+    ("recipe", "augmentation"): {"crop": "resize_crop", "crop_scale": [0.08, 1.0]},
+}
+
+
+def _with_added_keys(old: dict[str, Any]) -> dict[str, Any]:
+    old = json.loads(json.dumps(old))
+    for where, defaults in ADDED_KEYS.items():
+        section = old
+        for key in where:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            for key, value in defaults.items():
+                section.setdefault(key, value)
+    return old
+
+
 def check_settings(path: Path, record: dict[str, Any], resuming: bool) -> None:
     """A model folder must hold the model the blueprint describes (same factors, recipe, seeds) and, to resume
     bitwise, be resumed with the process count it started with; otherwise stop before training or skipping."""
     cfg_path = path / layout.CONFIG_FILE
     if not cfg_path.exists():
         return
-    old = read_json(cfg_path)
+    old = _with_added_keys(read_json(cfg_path))
     changed = [k for k in _SETTINGS if old.get(k) != json.loads(json.dumps(record[k]))]  # as stored: lists
     if changed:
         raise ZooError(f"{path} holds '{record['name']}' trained with other settings ({', '.join(changed)} differ "
@@ -372,7 +396,9 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
     if contrastive:
         c = bp.pretraining.tasks.contrastive
         model: nn.Module = ZooViTModel(model_config(bp, labels))
-        head = ProjectionHead(bp.architecture.hidden_size, c.projection_hidden_size, c.projection_dim)
+        head = ProjectionHead(bp.architecture.hidden_size, c.projection_hidden_size, c.projection_dim,
+                              layers=1 if c.projection == "linear" else 2)
+        reinit_linear(head, bp.architecture.init, bp.architecture.init_bias)  # like the backbone's own layers
         params = [*model.parameters(), *head.parameters()]
     else:
         model = ZooViTForImageClassification(model_config(bp, labels, spec.head or "linear"))
@@ -380,6 +406,8 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             model.vit.load_state_dict(ZooViTModel.from_pretrained(parent_ckpt).state_dict())
             seed_everything(spec.seed)  # the head seed
             model.classifier = build_head(model.config)
+            if bp.finetuning.head_init == "kaiming_normal":  # every Linear of the head, the MLP's too
+                reinit_linear(model.classifier, "kaiming_normal", bp.architecture.init_bias)
         params = list(model.parameters())
     if spec.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
