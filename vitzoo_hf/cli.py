@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this many models at once, one subprocess each, on its own device (--devices) or its "
                         "share of the CPU cores; a failed model skips only its children (default 1)")
     p.add_argument("--devices", default=None, metavar="LIST",
-                   help="comma-separated GPU ids for the jobs (CUDA_VISIBLE_DEVICES per job), e.g. 0,1,2,3")
+                   help="comma-separated GPU ids for the jobs (CUDA_VISIBLE_DEVICES per job, round robin), e.g. "
+                        "0,1,2,3 (default: the visible GPUs)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes per model (default: the blueprint's num_workers, else from the "
                         "CPU count and --jobs); results do not depend on it")

@@ -39,7 +39,8 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
 
     `jobs` > 1 (or `devices`) trains that many models at once, each in its own subprocess on its own device or
     share of the CPU cores (`run_jobs`); otherwise models train one after another in this process (or, with
-    `num_processes` > 1, each through `accelerate launch` across that many processes)."""
+    `num_processes` > 1, each through `accelerate launch` across that many processes). Before anything trains,
+    the checks of `vitzoo check` (vitzoo_hf.checks) run; any problem stops it with one line each."""
     bp = load_blueprint(ref)
     out = Path(out)
     models = expand(bp)
