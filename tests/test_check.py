@@ -152,3 +152,27 @@ def test_folder_data_sets(tmp_path):
     Image.new("RGB", (4, 4)).save(tmp_path / "one" / "a" / "x.png")
     assert dataset_report(f"folder:{tmp_path / 'one'}").classes == 2
     assert "does not exist" in dataset_report(f"folder:{tmp_path / 'nope'}").problems[0]
+
+
+def test_webdataset_shards_pass_with_their_cls_labels(hub, tmp_path):  # noqa: F811
+    import io
+    import tarfile
+
+    from huggingface_hub import HfApi
+    from PIL import Image
+
+    shard = tmp_path / "train-000.tar"
+    with tarfile.open(shard, "w") as tar:
+        for i in range(4):
+            jpg = io.BytesIO()
+            Image.new("RGB", (20, 15), (i * 60, 0, 0)).save(jpg, format="JPEG")
+            for name, data in ((f"{i:04d}.jpg", jpg.getvalue()), (f"{i:04d}.cls", str(i % 2).encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    api = HfApi()
+    api.create_repo("my-org/wds", repo_type="dataset")
+    api.upload_file(path_or_fileobj=str(shard), path_in_repo="train/train-000.tar", repo_id="my-org/wds",
+                    repo_type="dataset")
+    report = dataset_report("hf:my-org/wds")
+    assert report.problems == [] and "WebDataset columns jpg, cls" in report.note
