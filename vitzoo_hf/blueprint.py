@@ -61,8 +61,15 @@ class Architecture:
     image_size: int = 224
     drop_path_rate: float = 0.1
     head_hidden_size: int = 256
+    # Choices the paper leaves open (README, "Recipe choices"); defaults: transformers' ViT, as zoos were trained
+    # before these keys existed. The authors' code (timm): layer_norm_eps 1e-6, init kaiming_normal, init_bias 0.01.
+    layer_norm_eps: float = 1e-12
+    init: Literal["hf", "kaiming_normal"] = "hf"  # hf: normal(0, 0.02) Linear/Conv weights, trunc-normal embeddings
+    init_bias: float = 0.0  # every Linear/Conv bias of a model trained from scratch (and of new heads)
 
     def _check(self, path: str) -> None:
+        if not 0.0 < self.layer_norm_eps < 1.0:
+            _fail(f"{path}.layer_norm_eps", self.layer_norm_eps, "a number in (0, 1)")
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                      "patch_size", "image_size", "head_hidden_size"):
             _positive(self, name, path)
@@ -130,8 +137,14 @@ class Augmentation:
     label_smoothing: float = 0.1
     rotation: float = 0.0
     horizontal_flip: bool = False
+    # resize_crop: resize the short side to `resize`, then a random crop (ours); random_resized_crop: torchvision's
+    # RandomResizedCrop over `crop_scale` of the area, aspect 3/4..4/3 (the authors' pre-training)
+    crop: Literal["resize_crop", "random_resized_crop"] = "resize_crop"
+    crop_scale: tuple[float, float] = (0.08, 1.0)
 
     def _check(self, path: str) -> None:
+        if not 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1:
+            _fail(f"{path}.crop_scale", list(self.crop_scale), "[low, high] with 0 < low <= high <= 1")
         for name in ("mixup_alpha", "cutmix_alpha", "rotation"):
             if getattr(self, name) < 0:
                 _fail(f"{path}.{name}", getattr(self, name), "a number >= 0")
@@ -195,6 +208,9 @@ class Contrastive:
     temperature: float = 0.07
     projection_hidden_size: int | None = None  # None = the backbone's hidden size
     projection_dim: int = 128
+    # mlp: SimCLR's Linear-ReLU-Linear projector (ours); linear: one Linear to projection_dim (the authors' code
+    # used the 1000-way classifier head as the projection)
+    projection: Literal["mlp", "linear"] = "mlp"
     views: Views = field(default_factory=Views)
 
     def _check(self, path: str) -> None:
@@ -262,6 +278,9 @@ class Finetuning:
     momentum: float = 0.99
     augmentation: Augmentation = field(
         default_factory=lambda: Augmentation(rotation=10.0, horizontal_flip=True))
+    # the new head: torch_default (nn.Linear's own init, ours) or kaiming_normal with bias architecture.init_bias
+    # (the authors' linear head; their MLP head kept torch's init by a bug we do not reproduce)
+    head_init: Literal["torch_default", "kaiming_normal"] = "torch_default"
 
     def _check(self, path: str) -> None:
         _positive(self, "epochs", path)
@@ -443,7 +462,7 @@ def shipped_blueprints() -> list[str]:
 
 def _read_yaml(ref: str) -> tuple[dict[str, Any], str]:
     path = Path(ref)
-    if ref in shipped_blueprints() and not path.exists():
+    if ref in shipped_blueprints() and not path.is_file():  # a folder named like a blueprint (--out paper) is no file
         text, source = resources.files("vitzoo_hf").joinpath("blueprints").joinpath(f"{ref}.yaml").read_text(), ref
     elif path.is_file():
         raw, source = path.read_bytes(), str(path)

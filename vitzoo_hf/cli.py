@@ -44,6 +44,24 @@ def _generate(args: argparse.Namespace) -> None:
              mixed_precision=args.mixed_precision, num_workers=args.num_workers, jobs=args.jobs, devices=devices)
 
 
+def _check(args: argparse.Namespace) -> int:
+    from vitzoo_hf.blueprint import expand, load_blueprint
+    from vitzoo_hf.checkpoints import is_complete
+    from vitzoo_hf.checks import preflight, print_report
+    from vitzoo_hf.errors import ZooError
+
+    bp = load_blueprint(args.blueprint)
+    models = [m for m in expand(bp) if not args.only or m.name in set(args.only)]
+    if args.only and len(models) < len(set(args.only)):
+        raise ZooError(f"--only names models not in blueprint '{bp.name}'; list them with `vitzoo plan {bp.source}`")
+    todo = [m for m in models if not is_complete(args.out, m)]
+    devices = args.devices.split(",") if args.devices is not None else None
+    problems, notes = preflight(bp, todo, args.out, mixed_precision=args.mixed_precision,
+                                num_processes=args.num_processes, jobs=args.jobs, devices=devices)
+    print(f"vitzoo check {bp.name}: {len(todo)} of {len(models)} model(s) to train into {args.out}")
+    return print_report(problems, notes)
+
+
 def _publish(args: argparse.Namespace) -> None:
     from vitzoo_hf.publish import run
 
@@ -121,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train this many models at once, one subprocess each, on its own device (--devices) or its "
                         "share of the CPU cores; a failed model skips only its children (default 1)")
     p.add_argument("--devices", default=None, metavar="LIST",
-                   help="comma-separated GPU ids for the jobs (CUDA_VISIBLE_DEVICES per job), e.g. 0,1,2,3")
+                   help="comma-separated GPU ids for the jobs (CUDA_VISIBLE_DEVICES per job, round robin), e.g. "
+                        "0,1,2,3 (default: the visible GPUs)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="DataLoader worker processes per model (default: the blueprint's num_workers, else from the "
                         "CPU count and --jobs); results do not depend on it")
@@ -130,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training precision (default: the blueprint's mixed_precision, itself 'auto': bf16 on a "
                         "CUDA GPU that supports it, else fp32); recorded, and a resume must use the same")
     p.set_defaults(func=_generate)
+
+    p = sub.add_parser("check", help="before a long run: data sets reachable and readable, precision supported, "
+                                     "free disk for every checkpoint, processes and devices (exit 2 on problems)")
+    p.add_argument("blueprint", help="a shipped blueprint name or a YAML path")
+    p.add_argument("--out", required=True, help="the zoo directory `vitzoo generate` will write")
+    p.add_argument("--only", nargs="+", metavar="NAME", help="check for these models only")
+    p.add_argument("--num-processes", type=int, default=1, help="as for `vitzoo generate`")
+    p.add_argument("--jobs", type=int, default=1, help="as for `vitzoo generate`")
+    p.add_argument("--devices", default=None, metavar="LIST", help="as for `vitzoo generate`")
+    p.add_argument("--mixed-precision", choices=("auto", "no", "bf16", "fp16"), default=None,
+                   help="as for `vitzoo generate` (default: the blueprint's mixed_precision)")
+    p.set_defaults(func=_check)
 
     _add_publish_parser(sub)
     p = sub.add_parser("analyze", help="the paper's tables, weight statistics and figures for a zoo")

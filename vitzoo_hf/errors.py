@@ -13,15 +13,16 @@ class ZooError(Exception):
 
 
 def run_cli(prog: str, body: Callable[[], object]) -> int:
-    """Run a command body; user errors become `prog: error: ...` on stderr and exit code 2."""
+    """Run a command body; user errors become `prog: error: ...` on stderr (a line per problem) and exit code 2."""
     from safetensors import SafetensorError
 
     def fail(message: str) -> int:
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        for line in message.splitlines() or [""]:  # several problems: one line each
+            print(f"{prog}: error: {line}", file=sys.stderr)
         return 2
 
     try:
-        body()
+        code = body()
     except ZooError as err:
         return fail(str(err))
     except SafetensorError as err:
@@ -35,4 +36,4 @@ def run_cli(prog: str, body: Callable[[], object]) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0  # a body may return its exit code

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.models.vit.modeling_vit import ViTLayer, ViTModel, ViTPreTrainedModel
 
 HEAD_TYPES = ("linear", "mlp")
+INIT_TYPES = ("hf", "kaiming_normal")
 AUTO_MAP = {
     "AutoConfig": "modeling.ZooViTConfig",
     "AutoModel": "modeling.ZooViTModel",
@@ -36,8 +37,12 @@ class ZooViTConfig(ViTConfig):
         drop_path_rate: float = 0.0,
         head_type: str = "linear",
         head_hidden_size: int = 256,
+        init: str = "hf",
+        init_bias: float = 0.0,
         **kwargs,
     ) -> None:
+        if init not in INIT_TYPES:
+            raise ValueError(f"init must be one of {INIT_TYPES}, got {init!r}")
         if head_type not in HEAD_TYPES:
             raise ValueError(f"head_type must be one of {HEAD_TYPES}, got {head_type!r}")
         if not 0.0 <= drop_path_rate < 1.0:
@@ -45,9 +50,35 @@ class ZooViTConfig(ViTConfig):
         self.drop_path_rate = drop_path_rate
         self.head_type = head_type
         self.head_hidden_size = head_hidden_size
+        self.init, self.init_bias = init, init_bias
         # Every zoo checkpoint names its code for all three Auto classes, whichever class saved it.
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
+
+
+def reinit_linear(module: nn.Module, init: str, bias: float) -> nn.Module:
+    """Re-initialise every Linear and Conv2d under `module`: `kaiming_normal` draws weights kaiming-normal (fan-in,
+    gain sqrt(2)) and sets biases to `bias`, as the authors' `initialize_weights` did; `hf` keeps the weights and
+    only sets a non-zero `bias`. Parameters already loaded from a checkpoint are left alone."""
+    if init not in INIT_TYPES:
+        raise ValueError(f"init must be one of {INIT_TYPES}, got {init!r}")
+    for m in module.modules():
+        if not isinstance(m, nn.Linear | nn.Conv2d) or getattr(m.weight, "_is_hf_initialized", False):
+            continue
+        if init == "kaiming_normal":
+            nn.init.kaiming_normal_(m.weight)
+        if m.bias is not None and (init == "kaiming_normal" or bias):
+            nn.init.constant_(m.bias, bias)
+    return module
+
+
+class _ZooInit:
+    """transformers' ViT initialisation, then `config.init` / `config.init_bias` (`reinit_linear`)."""
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, nn.Linear | nn.Conv2d):
+            reinit_linear(module, getattr(self.config, "init", "hf"), getattr(self.config, "init_bias", 0.0))
 
 
 class ZooViTLayer(ViTLayer):
@@ -71,7 +102,7 @@ def _drop_path_rates(config: ZooViTConfig) -> list[float]:
     return [config.drop_path_rate * i / max(n - 1, 1) for i in range(n)]
 
 
-class ZooViTModel(ViTModel):
+class ZooViTModel(_ZooInit, ViTModel):
     """The backbone: transformers' ViTModel with stochastic-depth blocks and no pooler."""
 
     config_class = ZooViTConfig
@@ -93,7 +124,7 @@ def build_head(config: ZooViTConfig) -> nn.Module:
     )
 
 
-class ZooViTForImageClassification(ViTPreTrainedModel):
+class ZooViTForImageClassification(_ZooInit, ViTPreTrainedModel):
     """Backbone + classification head on the CLS token; same key layout as ViTForImageClassification."""
 
     config_class = ZooViTConfig

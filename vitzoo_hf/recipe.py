@@ -30,7 +30,8 @@ def model_config(bp: Blueprint, labels: list[str], head: str = "linear") -> ZooV
         intermediate_size=a.intermediate_size, patch_size=a.patch_size, image_size=a.image_size,
         drop_path_rate=a.drop_path_rate, head_type=head, head_hidden_size=a.head_hidden_size,
         id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=a.layer_norm_eps, init=a.init,
+        init_bias=a.init_bias)
 
 
 def _resize(bp: Blueprint, aug: Augmentation) -> int:
@@ -50,14 +51,18 @@ def image_processor(bp: Blueprint, aug: Augmentation):
 
 
 def image_transforms(bp: Blueprint, aug: Augmentation) -> tuple[v2.Transform, v2.Transform]:
-    """Per-image transforms: (train, eval). Train: resize, random crop, [rotate, flip], erase; eval: center crop."""
+    """Per-image transforms: (train, eval). Train: resize + random crop (or a random resized crop), [rotate, flip],
+    erase; eval: resize + center crop."""
     size, resize = bp.architecture.image_size, _resize(bp, aug)
     bicubic = v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
     # Training geometry runs on the PIL image (3x faster than on tensors for small images), then converts.
     # Evaluation converts first: resizing the uint8 tensor is exactly what transformers' default image processor
     # does, so a published checkpoint gives the same predictions in `pipeline(...)` as in our evaluation.
     tail = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    train = [v2.RGB(), bicubic, v2.RandomCrop(size)]
+    if aug.crop == "random_resized_crop":  # torchvision's default (bilinear) interpolation, as the authors'
+        train = [v2.RGB(), v2.RandomResizedCrop(size, scale=tuple(aug.crop_scale), antialias=True)]
+    else:
+        train = [v2.RGB(), bicubic, v2.RandomCrop(size)]
     if aug.rotation:
         train.append(v2.RandomRotation(aug.rotation))
     if aug.horizontal_flip:

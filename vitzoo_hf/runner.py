@@ -39,7 +39,8 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
 
     `jobs` > 1 (or `devices`) trains that many models at once, each in its own subprocess on its own device or
     share of the CPU cores (`run_jobs`); otherwise models train one after another in this process (or, with
-    `num_processes` > 1, each through `accelerate launch` across that many processes)."""
+    `num_processes` > 1, each through `accelerate launch` across that many processes). Before anything trains,
+    the checks of `vitzoo check` (vitzoo_hf.checks) run; any problem stops it with one line each."""
     bp = load_blueprint(ref)
     out = Path(out)
     models = expand(bp)
@@ -74,6 +75,14 @@ def generate(ref: str | Path, out: str | Path, only: Iterable[str] | None = None
             check_settings(layout.model_dir(out, m), model_record(bp, m, None, m.batch_size), resuming=False)
         else:
             todo.append(m)
+    if todo:  # fail in the first minute, not on day three: data, precision, disk, launcher (`vitzoo check`)
+        from vitzoo_hf.checks import preflight
+
+        problems, _ = preflight(bp, todo, out, mixed_precision=mixed_precision, num_processes=num_processes,
+                                jobs=jobs, devices=devices)
+        if problems:
+            raise ZooError("\n".join([*problems, f"({len(problems)} problem(s) found before training; nothing was "
+                                                  "written. `vitzoo check` lists them again)"]))
     if jobs > 1 or devices:
         report = run_jobs(bp, todo, out, jobs, devices, num_workers=num_workers, mixed_precision=mixed_precision,
                           log_with=log_with, progress=progress)
@@ -116,6 +125,25 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries: that variable's list when it is set (ids
+    or UUIDs, in its order), else every device CUDA reports; none without CUDA."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def job_devices(jobs: int, devices: Sequence[str] | None, visible: Sequence[str]) -> list[str | None]:
+    """The CUDA_VISIBLE_DEVICES of each of `jobs` slots: round-robin over `devices` if given, else over the
+    visible GPUs (so `--jobs 8` on a 4-GPU node puts two jobs on each, not eight on GPU 0); None (CPU threads
+    only) where there is no GPU."""
+    pool = [d.strip() for d in devices] if devices else list(visible)
+    return [pool[k % len(pool)] if pool else None for k in range(jobs)]
+
+
 def _last_line(path: Path) -> str:
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1] if lines else "no output"
@@ -127,12 +155,13 @@ def run_jobs(bp: Blueprint, todo: Sequence[ModelSpec], out: Path, jobs: int, dev
     """Train `todo` with up to `jobs` subprocesses at once (`python -m vitzoo_hf.training`, one model each).
 
     A model starts as soon as its parent is complete; backbones go first, since each unlocks its children. Job
-    slot k runs on device `devices[k % len(devices)]` (CUDA_VISIBLE_DEVICES) or, without devices, on
-    cores // jobs torch threads. A failed model does not stop the others; its children are skipped. Each
+    slot k runs on `job_devices(...)[k]` (CUDA_VISIBLE_DEVICES: round-robin over `devices`, else over the visible
+    GPUs) with cores // jobs torch threads. A failed model does not stop the others; its children are skipped. Each
     model's output goes to `out/.logs/NAME.log`; its last line is the reason reported for a failure. Ctrl-C
     (SIGINT) is passed once to every running job, which stops cleanly and resumes on the next run."""
     cores = available_cores()
     threads = max(1, cores // jobs)
+    slot_device = job_devices(jobs, devices, visible_gpus())
     if num_workers is None:
         num_workers = bp.num_workers if bp.num_workers is not None else default_num_workers(jobs)
     logs = out / JOB_LOGS
@@ -154,8 +183,8 @@ def run_jobs(bp: Blueprint, todo: Sequence[ModelSpec], out: Path, jobs: int, dev
         argv += ["--mixed-precision", mixed_precision] if mixed_precision else []
         if slot not in workers or not workers[slot].alive():
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-            if devices:
-                env["CUDA_VISIBLE_DEVICES"] = devices[slot % len(devices)].strip()
+            if slot_device[slot] is not None:
+                env["CUDA_VISIBLE_DEVICES"] = slot_device[slot]
             workers[slot] = _Worker(env, logs / f".worker-{slot}.log")
         log = logs / f"{m.name}.log"
         log.write_text(f"$ {shlex.join([sys.executable, '-m', 'vitzoo_hf.training', *argv])}\n")
@@ -295,12 +324,67 @@ def _worker() -> int:
     return 0
 
 
+# The body of every array task (a static script: its values come as arguments, so nothing needs escaping).
+# Each task gets its own rendezvous port, from its job id; SLURM's `--signal=B:TERM@LEAD` reaches this shell,
+# which stops the training process (it finishes a checkpoint it is writing, then exits) and requeues the task
+# under the same job id, so its afterok dependants keep waiting for it; the requeued task resumes from the last
+# complete epoch (the epoch in progress is trained again, the same batches: `vitzoo_hf.training`).
+SLURM_TASK = r"""#!/bin/bash
+# vitzoo: one model per array task. Arguments: PYTHON BLUEPRINT OUT GPUS MODEL...
+set -uo pipefail
+PYTHON=$1; BLUEPRINT=$2; OUT=$3; GPUS=$4; shift 4
+MODELS=("$@")
+NAME=${MODELS[$SLURM_ARRAY_TASK_ID]}
+# A port of its own for the process group's rendezvous: distinct for any two tasks whose job ids are less than
+# 20000 apart (every task has its own SLURM_JOB_ID), below Linux's ephemeral range; MAIN_PROCESS_PORT overrides.
+PORT=${MAIN_PROCESS_PORT:-$((10000 + SLURM_JOB_ID % 20000))}
+TASK_ID=${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}
+echo "vitzoo: task $TASK_ID (job $SLURM_JOB_ID, restart ${SLURM_RESTART_COUNT:-0}): $NAME, port $PORT"
+if [ "$GPUS" -gt 1 ]; then
+  CMD=("$PYTHON" -m accelerate.commands.launch --multi_gpu --num_processes "$GPUS" --num_machines 1
+       --main_process_port "$PORT" --dynamo_backend no -m vitzoo_hf.training)
+else  # one process: no launcher in between, so SIGTERM reaches the training process itself
+  CMD=("$PYTHON" -m vitzoo_hf.training)
+fi
+PREEMPTED=""; PID=""
+stop() {
+  PREEMPTED=1
+  echo "vitzoo: SIGTERM (time limit near): stopping $NAME to requeue it"
+  kill -TERM "$PID" 2>/dev/null
+}
+trap stop TERM
+"${CMD[@]}" --blueprint "$BLUEPRINT" --model "$NAME" --out "$OUT" --no-progress &
+PID=$!
+while :; do  # a trapped signal interrupts `wait`: wait again until the training process has really exited
+  wait "$PID"; CODE=$?
+  kill -0 "$PID" 2>/dev/null || break
+done
+if [ -n "$PREEMPTED" ]; then
+  if [ "${SLURM_RESTART_COUNT:-0}" -ge "${MAX_REQUEUES:-20}" ]; then
+    echo "vitzoo: $NAME was requeued ${SLURM_RESTART_COUNT} times (MAX_REQUEUES); raise --time," \
+         "or rerun the submitter: complete models are skipped"
+    exit 1
+  fi
+  if scontrol requeue "$TASK_ID"; then
+    echo "vitzoo: requeued $NAME; it resumes from its last complete epoch"
+  else
+    echo "vitzoo: scontrol requeue failed; rerun the submitter (complete models are skipped, this one resumes)"
+  fi
+  exit 143
+fi
+exit "$CODE"
+"""
+
+
 def write_slurm_script(bp: Blueprint, models: Sequence[ModelSpec], script: str | Path, out: str | Path) -> Path:
     """An sbatch submitter: one array job for the backbones, one per backbone for its children (afterok).
 
-    Each array task trains one model with `python -m accelerate.commands.launch -m vitzoo_hf.training` (works from
-    a wheel install), with `--multi_gpu` only when GPUS > 1 (accelerate refuses it for one process). Paths are
-    shell-quoted inside the job body, so a zoo folder or blueprint path may hold spaces.
+    Each array task (`SLURM_TASK`) trains one model: `python -m vitzoo_hf.training` for one GPU, `accelerate
+    launch --multi_gpu --main_process_port PORT` (a port per task) for GPUS > 1. Every job asks for
+    CPUS_PER_GPU × GPUS cores, is requeueable and gets SIGTERM SIGNAL_LEAD seconds before its time limit; a task
+    that gets it stops, requeues itself and resumes, so a SimCLR backbone longer than one time limit finishes and
+    its children, which wait on the task's job id, start when it does. Paths are passed as sbatch arguments, so a
+    zoo folder or blueprint path may hold spaces.
     """
     script = Path(script)
     pre = [m for m in models if m.stage == "pretraining"]
@@ -310,40 +394,40 @@ def write_slurm_script(bp: Blueprint, models: Sequence[ModelSpec], script: str |
         f"# Regenerates the '{bp.name}' zoo ({len(models)} models) with SLURM job arrays: one array of pre-trainings,",
         "# then per backbone one array of its fine-tunes, started once that backbone succeeded (afterok).",
         "# Resources come from the environment (no #SBATCH lines to edit):",
-        "#   GPUS         processes (GPUs) per model, default 1",
-        "#   SBATCH_ARGS  extra sbatch arguments, default: --gres=gpu:$GPUS --cpus-per-task=8 --time=48:00:00",
-        "#   PYTHON       the interpreter that has vitzoo_hf, default: the one that wrote this script",
+        "#   GPUS          processes (GPUs) per model, default 1",
+        "#   CPUS_PER_GPU  cores per GPU, default 8 (each job asks for CPUS_PER_GPU x GPUS)",
+        "#   SBATCH_ARGS   extra sbatch arguments (they win over the ones above), default:",
+        "#                 --gres=gpu:$GPUS --time=48:00:00",
+        "#   SIGNAL_LEAD   seconds before the time limit at which a task checkpoints and requeues, default 300",
+        "#   MAX_REQUEUES  requeues per task before it fails, default 20",
+        "#   PYTHON        the interpreter that has vitzoo_hf, default: the one that wrote this script",
         f"# Run:  GPUS=4 SBATCH_ARGS='--partition=gpu --gres=gpu:4 --time=48:00:00' bash {q(script.name)}",
         "set -euo pipefail",
         f"BLUEPRINT={q(str(Path(bp.source).resolve()) if Path(bp.source).is_file() else bp.source)}",
         f"OUT={q(str(Path(out).resolve()))}",
         f'PYTHON="${{PYTHON:-{sys.executable}}}"',
         'GPUS="${GPUS:-1}"',
-        'SBATCH_ARGS="${SBATCH_ARGS:---gres=gpu:${GPUS} --cpus-per-task=8 --time=48:00:00}"',
-        'MULTI_GPU=""',
-        'if [ "$GPUS" -gt 1 ]; then MULTI_GPU="--multi_gpu"; fi',
-        "# the job body (one model per array task); values are quoted here, at submission, with printf %q",
-        'Q_PYTHON=$(printf %q "$PYTHON"); Q_BLUEPRINT=$(printf %q "$BLUEPRINT"); Q_OUT=$(printf %q "$OUT")',
-        "run_task() {",
-        "  cat <<EOF",
-        "#!/bin/bash",
-        "set -euo pipefail",
-        "MODELS=($1)",
-        'NAME=\\${MODELS[\\$SLURM_ARRAY_TASK_ID]}',
-        "$Q_PYTHON -m accelerate.commands.launch $MULTI_GPU --num_processes $GPUS --num_machines 1 "
-        '--dynamo_backend no -m vitzoo_hf.training --blueprint $Q_BLUEPRINT --model "\\$NAME" --out $Q_OUT '
-        "--no-progress",
-        "EOF",
+        'CPUS_PER_GPU="${CPUS_PER_GPU:-8}"',
+        'SBATCH_ARGS="${SBATCH_ARGS:---gres=gpu:${GPUS} --time=48:00:00}"',
+        'FIXED="--cpus-per-task=$((CPUS_PER_GPU * GPUS)) --signal=B:TERM@${SIGNAL_LEAD:-300} --requeue"',
+        'TASK=$(mktemp); trap \'rm -f "$TASK"\' EXIT  # sbatch keeps its own copy of the job script',
+        "cat > \"$TASK\" <<'VITZOO_TASK'",
+        SLURM_TASK.rstrip("\n"),
+        "VITZOO_TASK",
+        "submit() {  # prints the job id (--parsable may append ';cluster')",
+        '  local id; id=$(sbatch --parsable $FIXED $SBATCH_ARGS "$@"); echo "${id%%;*}"',
         "}",
     ]
-    names = " ".join(m.name for m in pre)
-    lines += [f'PRE=$(run_task "{names}" | sbatch --parsable $SBATCH_ARGS --job-name {q(bp.name + "-pre")} '
-              f'--array=0-{len(pre) - 1})', 'echo "pre-training: job $PRE"']
+    task_args = '"$TASK" "$PYTHON" "$BLUEPRINT" "$OUT" "$GPUS"'
+    names = " ".join(q(m.name) for m in pre)
+    lines += [f'PRE=$(submit --job-name {q(bp.name + "-pre")} --array=0-{len(pre) - 1} {task_args} {names})',
+              'echo "pre-training: job $PRE"']
     for i, p in enumerate(pre):
         kids = [m.name for m in models if m.parent == p.name]
         if kids:
-            lines.append(f'FT=$(run_task "{" ".join(kids)}" | sbatch --parsable $SBATCH_ARGS --job-name '
-                         f'{q(f"{bp.name}-ft{i}")} --dependency=afterok:${{PRE}}_{i} --array=0-{len(kids) - 1})')
+            lines.append(f'FT=$(submit --job-name {q(f"{bp.name}-ft{i}")} --dependency=afterok:${{PRE}}_{i} '
+                         f'--kill-on-invalid-dep=yes --array=0-{len(kids) - 1} {task_args} '
+                         f'{" ".join(q(k) for k in kids)})')
             lines.append(f'echo "fine-tuning children of {p.name}: job $FT"')
     script.write_text("\n".join(lines) + "\n")
     script.chmod(0o755)

@@ -200,18 +200,26 @@ class ProjectionHead(nn.Module):
     without pickle.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128) -> None:
+    def __init__(self, in_dim: int, hidden_dim: int | None = None, out_dim: int = 128, layers: int = 2) -> None:
         super().__init__()
         hidden_dim = in_dim if hidden_dim is None else hidden_dim
         for name, value in (("in_dim", in_dim), ("hidden_dim", hidden_dim), ("out_dim", out_dim)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if layers not in (1, 2):
+            raise ValueError(f"layers must be 1 (a linear projection) or 2 (the MLP), got {layers!r}")
         self.config: dict[str, int] = {"in_dim": in_dim, "hidden_dim": hidden_dim, "out_dim": out_dim}
+        if layers == 1:  # one Linear in_dim -> out_dim, as the authors' code (their classifier head as projector)
+            self.config["layers"] = 1
+            self.fc2 = nn.Linear(in_dim, out_dim)
+            return
         self.fc1 = nn.Linear(in_dim, hidden_dim)
         self.act = nn.ReLU()
         self.fc2 = nn.Linear(hidden_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.get("layers") == 1:
+            return self.fc2(x)
         return self.fc2(self.act(self.fc1(x)))
 
     def save(self, path: str | Path) -> Path:
@@ -244,7 +252,8 @@ class ProjectionHead(nn.Module):
             state = {k: f.get_tensor(k) for k in f.keys()}
         config = json.loads(metadata["config"])
         head = cls(
-            in_dim=int(config["in_dim"]), hidden_dim=int(config["hidden_dim"]), out_dim=int(config["out_dim"])
+            in_dim=int(config["in_dim"]), hidden_dim=int(config["hidden_dim"]), out_dim=int(config["out_dim"]),
+            layers=int(config.get("layers", 2)),
         )
         head.load_state_dict(state, strict=True)
         return head.to(device)

@@ -20,7 +20,9 @@ import os
 import platform
 import random
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -62,7 +64,7 @@ from vitzoo_hf.checkpoints import (
 from vitzoo_hf.data import class_names, load_splits, load_streams
 from vitzoo_hf.decode import batch_finisher, fast_train_loader
 from vitzoo_hf.errors import ZooError, run_cli
-from vitzoo_hf.modeling import ZooViTForImageClassification, ZooViTModel, build_head
+from vitzoo_hf.modeling import ZooViTForImageClassification, ZooViTModel, build_head, reinit_linear
 from vitzoo_hf.recipe import (
     SAMPLE_SEED_RULE,
     TRAIN_EVAL_RULE,
@@ -227,9 +229,12 @@ def seed_epoch(generator: torch.Generator, spec: ModelSpec, epoch: int, rank: in
 
 
 def resolve_precision(setting: str) -> str:
-    """Blueprint/CLI precision → Accelerate's: `auto` is bf16 on a CUDA GPU that supports it, else fp32 (no)."""
-    if setting == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    """Blueprint/CLI precision → Accelerate's: `auto` is bf16 on CUDA GPUs that run it natively (compute
+    capability >= 8.0), else fp32 (no)."""
+    if setting == "auto":  # by compute capability: torch.cuda.is_bf16_supported() also counts emulated bf16
+        from vitzoo_hf.checks import Machine, resolve_auto
+
+        return resolve_auto(Machine.here())
     if setting == "fp16" and not torch.cuda.is_available():
         raise ZooError("mixed precision 'fp16' needs a CUDA GPU and none is visible; use --mixed-precision auto, "
                        "no or bf16 on this machine")
@@ -261,7 +266,11 @@ def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None
         c = bp.pretraining.tasks.contrastive
         recipe["contrastive"] = {"temperature": c.temperature, "projection_dim": c.projection_dim,
                                  "projection_hidden_size": c.projection_hidden_size, "views": asdict(c.views)}
-    recipe.update(scheduler=None, head_init="torch default, seeded by head_seed",
+        if c.projection != "mlp":  # recorded when not the default, so folders written before the key still match
+            recipe["contrastive"]["projection"] = c.projection
+    head_init = ("torch default, seeded by head_seed" if bp.finetuning.head_init == "torch_default" else
+                 f"kaiming_normal, bias {bp.architecture.init_bias}, seeded by head_seed")
+    recipe.update(scheduler=None, head_init=head_init,
                   batch_mixing="MixUp/CutMix on the device batch, in the training loop",
                   train_metrics={"train_max": bp.evaluation.train_max, "subset": TRAIN_EVAL_RULE})
     return {"name": spec.name, "stage": spec.stage, "task": spec.task, "parent": spec.parent,
@@ -342,13 +351,33 @@ def train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: str | Path, log_with: s
 _SETTINGS = ("factors", "batch_size", "architecture", "recipe", "seeds")
 
 
+# Recipe keys added after zoos were first written, with the value every earlier zoo was trained with: a folder
+# written before a key existed still matches a blueprint that leaves the key at that value.
+ADDED_KEYS: dict[tuple[str, ...], dict[str, Any]] = {
+    ("architecture",): {"layer_norm_eps": 1e-12, "init": "hf", "init_bias": 0.0},
+    ("recipe", "augmentation"): {"crop": "resize_crop", "crop_scale": [0.08, 1.0]},
+}
+
+
+def _with_added_keys(old: dict[str, Any]) -> dict[str, Any]:
+    old = json.loads(json.dumps(old))
+    for where, defaults in ADDED_KEYS.items():
+        section = old
+        for key in where:
+            section = section.get(key) if isinstance(section, dict) else None
+        if isinstance(section, dict):
+            for key, value in defaults.items():
+                section.setdefault(key, value)
+    return old
+
+
 def check_settings(path: Path, record: dict[str, Any], resuming: bool) -> None:
     """A model folder must hold the model the blueprint describes (same factors, recipe, seeds) and, to resume
     bitwise, be resumed with the process count it started with; otherwise stop before training or skipping."""
     cfg_path = path / layout.CONFIG_FILE
     if not cfg_path.exists():
         return
-    old = read_json(cfg_path)
+    old = _with_added_keys(read_json(cfg_path))
     changed = [k for k in _SETTINGS if old.get(k) != json.loads(json.dumps(record[k]))]  # as stored: lists
     if changed:
         raise ZooError(f"{path} holds '{record['name']}' trained with other settings ({', '.join(changed)} differ "
@@ -438,7 +467,9 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
     if contrastive:
         c = bp.pretraining.tasks.contrastive
         model: nn.Module = ZooViTModel(model_config(bp, labels))
-        head = ProjectionHead(bp.architecture.hidden_size, c.projection_hidden_size, c.projection_dim)
+        head = ProjectionHead(bp.architecture.hidden_size, c.projection_hidden_size, c.projection_dim,
+                              layers=1 if c.projection == "linear" else 2)
+        reinit_linear(head, bp.architecture.init, bp.architecture.init_bias)  # like the backbone's own layers
         params = [*model.parameters(), *head.parameters()]
     else:
         model = ZooViTForImageClassification(model_config(bp, labels, spec.head or "linear"))
@@ -446,6 +477,8 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
             model.vit.load_state_dict(ZooViTModel.from_pretrained(parent_ckpt).state_dict())
             seed_everything(spec.seed)  # the head seed
             model.classifier = build_head(model.config)
+            if bp.finetuning.head_init == "kaiming_normal":  # every Linear of the head, the MLP's too
+                reinit_linear(model.classifier, "kaiming_normal", bp.architecture.init_bias)
         params = list(model.parameters())
     if spec.optimizer == "adamw":
         optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
@@ -537,9 +570,10 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
                "seconds": round(time.perf_counter() - t0, 3)}
         row = {k: finite(v) for k, v in row.items()}
         if main:
-            save_checkpoint(path, epoch, accelerator.unwrap_model(model), optimizer, row, val_m["predictions"],
-                            accelerator.unwrap_model(head) if head else None, processor)
-            write_results(path)
+            with SIGTERM_STOP.saving_checkpoint():  # a SIGTERM now stops right after this epoch's checkpoint
+                save_checkpoint(path, epoch, accelerator.unwrap_model(model), optimizer, row, val_m["predictions"],
+                                accelerator.unwrap_model(head) if head else None, processor)
+                write_results(path)
             if progress:
                 shown = {k: "nan" if row[k] is None else f"{row[k]:.3f}"
                          for k in ("train_accuracy", "validation_accuracy", "validation_loss")}
@@ -556,6 +590,38 @@ def _train_model(bp: Blueprint, spec: ModelSpec, zoo_dir: Path, log_with: str | 
 
 
 
+
+
+class Preempted(KeyboardInterrupt):
+    """SIGTERM (a scheduler's time limit or preemption): stop like Ctrl-C; the last complete epoch is kept."""
+
+
+class _SigtermStop:
+    """SIGTERM stops training at once, except while an epoch's checkpoint is being written: that one is finished
+    first (it is the work a requeued run would otherwise redo), then the run stops. A resumed run continues after
+    the last complete checkpoint; the interrupted epoch is trained again from its start, the same batches."""
+
+    def __init__(self) -> None:
+        self.saving, self.pending = False, False
+
+    def handler(self, signum, frame) -> None:
+        if self.saving:
+            self.pending = True
+            return
+        raise Preempted
+
+    @contextmanager
+    def saving_checkpoint(self):
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+        if self.pending:
+            raise Preempted
+
+
+SIGTERM_STOP = _SigtermStop()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -575,6 +641,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     def body() -> None:
+        if threading.current_thread() is threading.main_thread():  # SLURM's --signal, `kill`: stop cleanly
+            signal.signal(signal.SIGTERM, SIGTERM_STOP.handler)
         bp = load_blueprint(args.blueprint)
         train_model(bp, find_model(bp, args.model), args.out, log_with=args.log_with, progress=not args.no_progress,
                     mixed_precision=args.mixed_precision, num_workers=args.num_workers)
