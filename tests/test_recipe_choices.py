@@ -125,6 +125,8 @@ def test_folders_written_before_the_keys_existed_still_match(tmp_path):
         del old["architecture"][key]
     for key in ("crop", "crop_scale"):
         del old["recipe"]["augmentation"][key]
+    for key in ("streaming", "validation_labels"):
+        del old["recipe"]["dataset"][key]
     (tmp_path / layout.CONFIG_FILE).write_text(json.dumps(old))
     check_settings(tmp_path, record, resuming=False)  # same model: no error
     authors = load_blueprint("paper")
@@ -136,3 +138,14 @@ def test_folders_written_before_the_keys_existed_still_match(tmp_path):
         assert "architecture" in str(err)
     else:
         raise AssertionError("a changed init was not noticed")
+
+
+def test_each_task_records_only_its_own_recipe():
+    """A supervised record holds its augmentation and no SimCLR section; a contrastive one the reverse (a zoo made
+    before the streaming keys must still match both)."""
+    smoke = load_blueprint("smoke")
+    for spec in expand(smoke):
+        recipe = model_record(smoke, spec, None, spec.batch_size)["recipe"]
+        contrastive = spec.stage == "pretraining" and spec.task == "contrastive"
+        assert ("contrastive" in recipe) == contrastive, spec.name
+        assert ("augmentation" in recipe) != contrastive, spec.name

@@ -255,6 +255,12 @@ def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None
         recipe["augmentation"] = asdict(bp.finetuning.augmentation)
     elif spec.task == "supervised":
         recipe["augmentation"] = asdict(bp.pretraining.tasks.supervised.augmentation)
+    else:
+        c = bp.pretraining.tasks.contrastive
+        recipe["contrastive"] = {"temperature": c.temperature, "projection_dim": c.projection_dim,
+                                 "projection_hidden_size": c.projection_hidden_size, "views": asdict(c.views)}
+        if c.projection != "mlp":  # recorded when not the default, so folders written before the key still match
+            recipe["contrastive"]["projection"] = c.projection
     if input_pipeline(bp, spec) != "reference":  # only when set, so zoos made before the key keep their records
         recipe["input_pipeline"] = input_pipeline(bp, spec)
     if stage.dataset.is_streamed:
@@ -262,12 +268,6 @@ def model_record(bp: Blueprint, spec: ModelSpec, accelerator: Accelerator | None
 
         recipe["streaming"] = {"train_metrics_subset": STREAM_TRAIN_EVAL_RULE,
                                "order": "depends on (data seed, epoch, processes, workers)"}
-    else:
-        c = bp.pretraining.tasks.contrastive
-        recipe["contrastive"] = {"temperature": c.temperature, "projection_dim": c.projection_dim,
-                                 "projection_hidden_size": c.projection_hidden_size, "views": asdict(c.views)}
-        if c.projection != "mlp":  # recorded when not the default, so folders written before the key still match
-            recipe["contrastive"]["projection"] = c.projection
     head_init = ("torch default, seeded by head_seed" if bp.finetuning.head_init == "torch_default" else
                  f"kaiming_normal, bias {bp.architecture.init_bias}, seeded by head_seed")
     recipe.update(scheduler=None, head_init=head_init,
@@ -356,6 +356,7 @@ _SETTINGS = ("factors", "batch_size", "architecture", "recipe", "seeds")
 ADDED_KEYS: dict[tuple[str, ...], dict[str, Any]] = {
     ("architecture",): {"layer_norm_eps": 1e-12, "init": "hf", "init_bias": 0.0},
     ("recipe", "augmentation"): {"crop": "resize_crop", "crop_scale": [0.08, 1.0]},
+    ("recipe", "dataset"): {"streaming": None, "validation_labels": None},
 }
 
 
