@@ -176,3 +176,12 @@ def test_webdataset_shards_pass_with_their_cls_labels(hub, tmp_path):  # noqa: F
                     repo_type="dataset")
     report = dataset_report("hf:my-org/wds")
     assert report.problems == [] and "WebDataset columns jpg, cls" in report.note
+
+
+def test_local_webdataset_shards_are_checked(tmp_path):
+    from vitzoo_hf.checks import dataset_report
+
+    missing = dataset_report(f"wds:{tmp_path / 'none'}")
+    assert len(missing.problems) == 1 and "no WebDataset .tar shards" in missing.problems[0]
+    (tmp_path / "train-000000.tar").write_bytes(b"")
+    assert dataset_report(f"wds:{tmp_path}").problems == []

@@ -27,8 +27,7 @@ from pathlib import Path
 from vitzoo_hf import layout
 from vitzoo_hf.blueprint import Blueprint, ModelSpec
 
-# The data sets' own Hub repos (the names of vitzoo_hf.data.SOURCES) and the class counts the names promise.
-HUB_REPOS = {"cifar100": "uoft-cs/cifar100", "imagenet-1k": "ILSVRC/imagenet-1k"}
+# The class counts the data sets' names promise (their Hub repos: vitzoo_hf.data.HUB_REPOS, one home).
 CLASS_COUNTS = {"digits": 10, "fashion_mnist": 10, "cifar100": 100, "imagenet-1k": 1000}
 CHECKPOINT_OVERHEAD = 64 * 1024  # config, manifest, image processor, modelling code, predictions: generous
 
@@ -259,6 +258,19 @@ def _folder_dataset(name: str, path: str) -> DatasetReport:
     return report
 
 
+def _shards_dataset(name: str, path: str) -> DatasetReport:
+    """Local WebDataset shards: the path must hold .tar shards (read for real when training starts)."""
+    report = DatasetReport(name)
+    root = Path(path).expanduser()
+    shards = sorted(root.rglob("*.tar")) if root.is_dir() else [root] if root.is_file() else []
+    if not shards:
+        report.problems.append(f"data set '{name}': no WebDataset .tar shards at {root}; give a folder of shards "
+                               "(split names in the file or folder names) or one .tar file")
+    else:
+        report.note = f"{root}: {len(shards)} shard(s)"
+    return report
+
+
 def dataset_report(name: str) -> DatasetReport:
     from vitzoo_hf.data import FASHION_MNIST_DIR
 
@@ -270,7 +282,11 @@ def dataset_report(name: str) -> DatasetReport:
         report = _hub_dataset(name, "zalando-datasets/fashion_mnist")
     elif name.startswith("folder:"):
         report = _folder_dataset(name, name[len("folder:"):])
+    elif name.startswith("wds:"):
+        report = _shards_dataset(name, name[len("wds:"):])
     else:
+        from vitzoo_hf.data import HUB_REPOS
+
         report = _hub_dataset(name, HUB_REPOS.get(name) or name.removeprefix("hf:"))
     expected = CLASS_COUNTS.get(name)
     if report.classes is not None and expected is not None and report.classes != expected:
