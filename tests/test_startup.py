@@ -39,15 +39,16 @@ with contextlib.redirect_stdout(io.StringIO()) as out:
 assert len(out.getvalue().splitlines()) > 10
 from vitzoo_hf.hub import HubServer
 with HubServer({str(tmp_path / "hub")!r}, ["tok"], port=0) as server:
-    def call(method, path, body=None, token="tok"):
+    def call(method, path, body=None, token="tok", kind="application/json"):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        conn.request(method, path, body=body, headers={{"Authorization": f"Bearer {{token}}"}})
+        conn.request(method, path, body=body, headers={{"Authorization": f"Bearer {{token}}", "Content-Type": kind}})
         r = conn.getresponse()
         return r.status, r.read()
     assert call("POST", "/api/repos/create", json.dumps({{"name": "vit", "organization": "zoo"}}))[0] == 200
     lines = [{{"key": "header", "value": {{"summary": "add"}}}},
              {{"key": "file", "value": {{"path": "a.txt", "content": "aGk=", "encoding": "base64"}}}}]
-    assert call("POST", "/api/models/zoo/vit/commit/main", "\\n".join(json.dumps(x) for x in lines))[0] == 200
+    assert call("POST", "/api/models/zoo/vit/commit/main", "\\n".join(json.dumps(x) for x in lines),
+                kind="application/x-ndjson")[0] == 200
     assert call("GET", "/zoo/vit/resolve/main/a.txt") == (200, b"hi")
     assert call("GET", "/api/models")[0] == 200
 loaded = sorted(m for m in {HEAVY!r} if m in sys.modules)
