@@ -51,7 +51,8 @@ def sample_rows(zoo, where: Where = None, epochs: str | Sequence[int] = "all") -
     for ck in zoo.checkpoints:
         m = zoo.model(ck["name"])
         row = {**{k: v for k, v in m.items() if k not in ck}, **ck}
-        row.update(final_accuracy=m["validation_accuracy"], final_ggap=_gap(m["train_accuracy"], m["validation_accuracy"]),
+        row.update(final_accuracy=m["validation_accuracy"],
+                   final_ggap=_gap(m["train_accuracy"], m["validation_accuracy"]),
                    accuracy=ck["validation_accuracy"], ggap=_gap(ck["train_accuracy"], ck["validation_accuracy"]),
                    backbone=root[ck["name"]])
         if epochs == "final":

@@ -47,9 +47,9 @@ def canonical(state_dict: StateDict) -> dict[str, torch.Tensor]:
 
 
 def select_keys(state_dict: StateDict, layers: str | Sequence[str] = "backbone") -> list[str]:
-    """The keys (of a `canonical` state dict) a representation uses, in canonical order. `layers`: `backbone` (every tensor but the
-    classification head: common to backbones and fine-tunes), `all`, `head`, a regex matched against keys, or an
-    explicit list of keys."""
+    """The keys (of a `canonical` state dict) a representation uses, in canonical order. `layers`: `backbone`
+    (every tensor but the classification head: common to backbones and fine-tunes), `all`, `head`, a regex
+    matched against keys, or an explicit list of keys."""
     keys = sorted(state_dict, key=_natural)
     if isinstance(layers, str) and layers in LAYER_SCOPES:
         chosen = [k for k in keys if layers == "all" or (is_head(k) == (layers == "head"))]
