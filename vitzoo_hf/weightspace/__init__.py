@@ -8,19 +8,23 @@ and representation similarity for any zoo, local or on the Hub.
 * `splits` — train/test splits and folds by lineage, seeded and recorded;
 * `predict` — `vitzoo predict`: property-prediction baselines against controls;
 * `cka` — linear and debiased CKA between checkpoints (`vitzoo analyze --cka`).
+
+Names are imported on first use (the CLI never imports torch just to parse its arguments).
 """
 
-from vitzoo_hf.weightspace.augment import PermutationAugment
-from vitzoo_hf.weightspace.dataset import (
-    FACTORS,
-    NUMERIC_TARGETS,
-    TARGETS,
-    WeightSpaceDataset,
-    WeightSpaceStream,
-    collate,
-    sample_rows,
-)
-from vitzoo_hf.weightspace.splits import Split, folds, split
+from __future__ import annotations
 
-__all__ = ["FACTORS", "NUMERIC_TARGETS", "TARGETS", "PermutationAugment", "Split", "WeightSpaceDataset",
-           "WeightSpaceStream", "collate", "folds", "sample_rows", "split"]
+import importlib
+
+_EXPORTS = {
+    "PermutationAugment": "augment", "FACTORS": "dataset", "NUMERIC_TARGETS": "dataset", "TARGETS": "dataset",
+    "WeightSpaceDataset": "dataset", "WeightSpaceStream": "dataset", "collate": "dataset", "sample_rows": "dataset",
+    "Split": "splits", "folds": "splits", "split": "splits",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"vitzoo_hf.weightspace.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'vitzoo_hf.weightspace' has no attribute {name!r}")
