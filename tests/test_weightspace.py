@@ -290,3 +290,17 @@ def test_stream_refuses_a_tampered_checkpoint(pubhub, monkeypatch):
     with pytest.raises(ZooError, match="sha256"):
         load_state_dict(hub_zoo, ck["name"], ck["epoch"], stream=True)
     assert not math.isnan(sum(float(v.sum()) for v in load_state_dict(hub_zoo, ck["name"], 0, stream=False).values()))
+
+
+def test_the_readme_meta_model_loop_runs(smoke_all):
+    """The README's 15-line loop, verbatim but for the zoo it opens."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- weightspace:loop -->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 16
+    code = code.replace('Zoo.from_hub("vitzoo-demo/mini-metadata")', f"Zoo.from_dir({str(smoke_all[1])!r})")
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    assert torch.isfinite(scope["held_out"]) and len(scope["test"]) == 12 and len(scope["train"]) == 12
