@@ -182,20 +182,24 @@ def heatmap(m: torch.Tensor, labels: Sequence[str], title: str, path: Path) -> P
 
     plt = pyplot()
     n = len(labels)
-    size = min(14.0, 3.0 + 0.16 * n)
-    fig, ax = plt.subplots(figsize=(size + 1.2, size))
+    size = min(16.0, 4.0 + 0.18 * n)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
     im = ax.imshow(m.numpy(), vmin=0, vmax=1, cmap="viridis")
     if n <= 80:
         ax.set_xticks(range(n), labels, rotation=90, fontsize=max(3, 8 - n // 12))
         ax.set_yticks(range(n), labels, fontsize=max(3, 8 - n // 12))
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return save_png(fig, path)
+    return save_png(fig, path, tight=True)
 
 
-def _short(name: str) -> str:
-    return name.split("-", 1)[1] if "-" in name else name
+def short_labels(names: Sequence[str]) -> list[str]:
+    """Names without the dash-separated prefix they all share (the zoo and architecture)."""
+    parts = [n.split("-") for n in names]
+    k = 0
+    while all(len(p) > k + 1 and p[k] == parts[0][k] for p in parts):
+        k += 1
+    return ["-".join(p[k:]) for p in parts]
 
 
 def run_cka(source, out: str | Path, checkpoints: str = "final", where: Mapping[str, Any] | None = None,
@@ -216,7 +220,7 @@ def run_cka(source, out: str | Path, checkpoints: str = "final", where: Mapping[
     if len(idx) < 4:
         raise ZooError(f"the validation set {key} has {len(idx)} images; debiased CKA needs at least 4")
     feats = checkpoint_features(zoo, [(r["name"], r["epoch"]) for r in rows], x, tokens, progress=progress)
-    labels = [f"{_short(r['name'])}@{r['epoch']}" for r in rows]
+    labels = [f"{n}@{r['epoch']}" for n, r in zip(short_labels([r["name"] for r in rows]), rows, strict=True)]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files: list[Path] = []
