@@ -14,8 +14,8 @@ Each beside two controls: the same method fitted to **shuffled** training target
 the pooled out-of-fold predictions. **Margin rule:** a target is *predictable* by a method only when its score
 (R², or accuracy) exceeds the best of its shuffled control, the trivial baseline (and, for R², zero: a predictor
 that knew the held-out mean) by at least `MARGIN` = 0.10.
-Factors that are constant within a lineage (the backbone's task, seed, ...) cannot be tested across lineages and
-are skipped with a note.
+A factor whose every value lies in one lineage only (a fine-tune's `backbone`; `task` with one backbone per task)
+cannot be tested across lineages and is skipped with a note.
 """
 
 from __future__ import annotations
@@ -270,11 +270,14 @@ def fit_transformer(tokens: list[dict[str, torch.Tensor]], targets: list[tuple[s
 # The experiment
 
 
-def _lineage_constant(rows: list[dict[str, Any]], target: str, groups: Sequence[str]) -> bool:
-    values: dict[str, set] = {}
+def _confined(rows: list[dict[str, Any]], target: str, groups: Sequence[str]) -> bool:
+    """Whether every value of the target occurs in one split group only: then a held-out group's value never
+    occurs in training, and no predictor can be tested on it (a fine-tune's backbone, across lineages)."""
+    where: dict[Any, set] = {}
     for r, g in zip(rows, groups, strict=True):
-        values.setdefault(g, set()).add(r.get(target))
-    return all(len(v) == 1 for v in values.values())
+        if r.get(target) is not None:
+            where.setdefault(r[target], set()).add(g)
+    return all(len(gs) == 1 for gs in where.values())
 
 
 def _targets(rows, requested: Sequence[str], groups: Sequence[str], notes: list[str]) -> list[tuple[str, str]]:
@@ -285,9 +288,9 @@ def _targets(rows, requested: Sequence[str], groups: Sequence[str], notes: list[
         if len(set(values)) < 2:
             notes.append(f"{t}: one value ({values[0] if values else 'none'}) in the selection; nothing to predict")
             continue
-        if kind == "categorical" and _lineage_constant(rows, t, groups):
-            notes.append(f"{t}: constant within each lineage, so a split by lineage cannot test it (a held-out "
-                         "lineage's value never occurs in training, or is the lineage's identity)")
+        if kind == "categorical" and _confined(rows, t, groups):
+            notes.append(f"{t}: each value occurs in one held-out group only (it is the group's identity), so a "
+                         "split by group cannot test it")
             continue
         out.append((t, kind))
     if not out:
