@@ -20,6 +20,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from vitzoo_hf.analysis.backbone import HEAD_PREFIX, normalise_key
@@ -156,20 +157,18 @@ def modules(keys: Sequence[str]) -> list[tuple[str, list[str]]]:
     return list(groups.items())
 
 
-def _rows(state_dict: StateDict, keys: Sequence[str]) -> torch.Tensor | list[torch.Tensor]:
-    """One module as rows: a row per output unit (weight row + bias), or one row for 1-D-only modules."""
+def _rows(state_dict: StateDict, keys: Sequence[str]) -> torch.Tensor:
+    """One module as a matrix of rows: a row per output unit (weight row + bias), one row per position for
+    embeddings, or a single row for 1-D-only modules (LayerNorm) and anything irregular."""
     tensors = [state_dict[k].detach().float() for k in keys]
     multi = [t for t in tensors if t.dim() >= 2]
-    if not multi:
-        return [torch.cat([t.reshape(-1) for t in tensors])]
-    if len(multi) == 1 and multi[0].dim() == 3 and multi[0].shape[0] == 1:  # cls_token / position embeddings
-        return list(multi[0][0])
-    w = multi[0]
-    rows = w.reshape(w.shape[0], -1)
     ones = [t for t in tensors if t.dim() == 1]
-    if len(multi) != 1 or any(t.shape[0] != w.shape[0] for t in ones):
-        return [torch.cat([t.reshape(-1) for t in tensors])]
-    return list(torch.cat([rows, *(t[:, None] for t in ones)], dim=1))
+    if len(multi) == 1 and multi[0].dim() == 3 and multi[0].shape[0] == 1 and not ones:  # CLS / positions
+        return multi[0][0]
+    if len(multi) == 1 and all(t.shape[0] == multi[0].shape[0] for t in ones):
+        w = multi[0]
+        return torch.cat([w.reshape(w.shape[0], -1), *(t[:, None] for t in ones)], dim=1)
+    return torch.cat([t.reshape(-1) for t in tensors])[None]
 
 
 def tokenize(state_dict: StateDict, width: int = 64, layers: str | Sequence[str] = "backbone") -> Tokens:
@@ -180,22 +179,20 @@ def tokenize(state_dict: StateDict, width: int = 64, layers: str | Sequence[str]
     chunks, masks, layer_ids, positions, names = [], [], [], [], []
     for lid, (mod, keys) in enumerate(modules(select_keys(state_dict, layers))):
         names.append(mod)
-        pos = 0
-        for row in _rows(state_dict, keys):
-            n = row.numel()
-            k = -(-n // width)
-            padded = torch.zeros(k * width)
-            padded[:n] = row
-            m = torch.zeros(k * width, dtype=torch.bool)
-            m[:n] = True
-            chunks.append(padded.view(k, width))
-            masks.append(m.view(k, width))
-            layer_ids += [lid] * k
-            positions += range(pos, pos + k)
-            pos += k
+        rows = _rows(state_dict, keys)
+        r, n = rows.shape
+        k = -(-n // width)  # tokens per row
+        padded = torch.zeros(r, k * width)
+        padded[:, :n] = rows
+        mask = torch.zeros(r, k * width, dtype=torch.bool)
+        mask[:, :n] = True
+        chunks.append(padded.view(r * k, width))
+        masks.append(mask.view(r * k, width))
+        layer_ids.append(torch.full((r * k,), lid))
+        positions.append(torch.arange(r * k))
     tokens = torch.cat(chunks)
-    return Tokens(tokens, torch.cat(masks), torch.tensor(layer_ids), torch.tensor(positions),
-                  torch.arange(tokens.shape[0]), names)
+    return Tokens(tokens, torch.cat(masks), torch.cat(layer_ids), torch.cat(positions), torch.arange(tokens.shape[0]),
+                  names)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -214,15 +211,8 @@ def tensor_stats(t: torch.Tensor) -> torch.Tensor:
         kurt = (c ** 4).mean() / var ** 2 - 3.0
     else:
         skew = kurt = torch.zeros((), dtype=torch.float64)
-    q = torch.quantile(x, _QUANTILES) if x.numel() <= 16_000_000 else \
-        torch.tensor([float(v) for v in _np_quantile(x)], dtype=torch.float64)
+    q = torch.from_numpy(np.quantile(x.numpy(), _QUANTILES.numpy()))  # selection, not a sort (torch.quantile)
     return torch.cat([torch.stack([mean, std]), q, torch.stack([skew, kurt, x.norm()])])
-
-
-def _np_quantile(x: torch.Tensor):
-    import numpy as np
-
-    return np.quantile(x.numpy(), _QUANTILES.numpy())  # torch.quantile refuses inputs over 16 M values
 
 
 def stats(state_dict: StateDict, layers: str | Sequence[str] = "backbone") -> tuple[torch.Tensor, list[str]]:
