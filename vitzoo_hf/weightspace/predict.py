@@ -432,7 +432,21 @@ def summary_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r["kind"] == "numeric":
             row.update(tau=r["tau"], tau_shuffled=ctrl["tau"])
         out.append(row)
-    return out
+    order = {t: i for i, t in enumerate(dict.fromkeys(r["target"] for r in results))}
+    return sorted(out, key=lambda r: (order[r["target"]], METHODS.index(r["method"]), r["features"]))
+
+
+def best_per_target(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The strongest method of every target (highest score), with its controls: the headline."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in table:
+        if r["target"] not in best or _key(r) > _key(best[r["target"]]):
+            best[r["target"]] = r
+    return list(best.values())
+
+
+def _key(r: dict[str, Any]) -> float:
+    return -math.inf if math.isnan(r["score"]) else r["score"]
 
 
 def _fmt(v) -> str:
@@ -454,7 +468,10 @@ def markdown(table: list[dict[str, Any]], notes: Sequence[str], zoo_name: str, n
              f"that never saw it). Score: R² for numeric targets (τ: Kendall's tau), accuracy for factors; "
              f"`shuffled`: the same method fitted to shuffled training targets; `trivial`: training mean / majority. "
              f"**Predictable** = score beats max(shuffled, trivial; and 0 for R²) by at least {MARGIN:.2f}.", "",
+             "## Best method per target", "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in best_per_target(table)]
+    lines += ["", "## Every target × method", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in COLUMNS) + " |" for r in table]
     verdict = sorted({r["target"] for r in table if r["predictable"]})
     lines += ["", f"Predictable (margin ≥ {MARGIN:.2f}): {', '.join(verdict) if verdict else 'none'}."]
