@@ -510,6 +510,7 @@ def figures(out: Path, table, predictions, chosen) -> list[Path]:
     """predicted_vs_true.png (numeric targets: one panel per target, the best method) and factors.png (accuracy
     of every method beside its controls)."""
     from vitzoo_hf.plots import pyplot, save_png
+    from vitzoo_hf.weightspace.cka import short_labels
 
     plt = pyplot()
     files = []
@@ -522,12 +523,14 @@ def figures(out: Path, table, predictions, chosen) -> list[Path]:
             pts = [(p["true"], p["predicted"]) for p in predictions
                    if p["target"] == t and p["method"] == best["method"] and p["features"] == best["features"]]
             lineages = sorted({p["lineage"] for p in predictions if p["target"] == t})
+            names = dict(zip(lineages, short_labels(lineages), strict=True)) if len(lineages) > 1 else \
+                {lin: lin for lin in lineages}
             for li, lin in enumerate(lineages):
                 sel = [(p["true"], p["predicted"]) for p in predictions if p["target"] == t and p["lineage"] == lin
                        and p["method"] == best["method"] and p["features"] == best["features"]]
                 if sel:
                     a = np.array(sel)
-                    ax.scatter(a[:, 0], a[:, 1], s=8, alpha=0.6, label=lin[-18:], color=f"C{li % 10}")
+                    ax.scatter(a[:, 0], a[:, 1], s=8, alpha=0.6, label=names[lin], color=f"C{li % 10}")
             if pts:
                 a = np.array(pts)
                 lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
