@@ -93,6 +93,13 @@ def _analyze(args: argparse.Namespace) -> None:
                       statistics=args.statistics)
     print(f"wrote {len(written)} files to {args.out}: findings.md (the paper's findings, checked), tables.md, "
           f"table{{1,2,6,7,8}}.{{md,csv,tex}}, checkpoint_stats.csv, distance_matrix.csv, *.png")
+    if args.cka:
+        from pathlib import Path
+
+        from vitzoo_hf.weightspace.cka import run_cka
+
+        files = run_cka(args.source, Path(args.out) / "cka", images=args.cka_images)
+        print(f"wrote {len(files)} files to {Path(args.out) / 'cka'}: CKA and debiased CKA per layer (CSV), heat maps")
 def _lineage(args: argparse.Namespace) -> None:
     from vitzoo_hf.lineage.report import run_table3
 
@@ -110,6 +117,36 @@ def _average(args: argparse.Namespace) -> None:
                  save_model=args.save_model, batch_size=args.batch_size, seed=args.seed)
     print(result["summary"])
     print(f"wrote {len(result['files'])} files to {args.out}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from vitzoo_hf.weightspace.predict import cli
+
+    cli(args)
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="predict accuracy, generalisation gap or a factor from weights (held-out "
+                                       "lineages, against shuffled-target and trivial controls)")
+    p.add_argument("source", help="a zoo folder or a published zoo's metadata dataset repo (ORG/NAME-metadata)")
+    p.add_argument("--target", nargs="+", default=["all"], metavar="TARGET",
+                   help="accuracy, final_accuracy, ggap, final_ggap, epoch, or a factor (task, head, optimizer, lr, "
+                        "head_seed, weight_decay, momentum, batch_size, seed, dataset, stage, backbone); default "
+                        "all: the five numeric ones and head, optimizer, lr, head_seed")
+    p.add_argument("--out", required=True, help="folder for results.md/.csv, predictions.csv, folds.json, PNGs")
+    p.add_argument("--methods", nargs="+", default=["ridge", "gbt", "transformer"],
+                   choices=("ridge", "gbt", "transformer"),
+                   help="ridge and gbt run on stats and sketches, transformer on tokens (default: all three)")
+    p.add_argument("--where", nargs="+", metavar="COLUMN=VALUE",
+                   help="select checkpoints (default: stage=finetuning), e.g. --where head=mlp")
+    p.add_argument("--epochs", default="all", choices=("all", "final"), help="every checkpoint or final ones only")
+    p.add_argument("--level", default="lineage", choices=("lineage", "run"),
+                   help="split unit: a backbone's whole tree (default) or one training run")
+    p.add_argument("--folds", type=int, default=None, help="cross-validation folds (default: groups, at most 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds, controls and models (default 0)")
+    p.add_argument("--transformer-epochs", type=int, default=30, help="training epochs of the token transformer")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_predict)
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -182,6 +219,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weight statistics over: the blocks' weight matrices flattened together (default; of the "
                         "paper's order on ViT-S), each matrix then averaged (per-matrix), or every backbone "
                         "parameter including LayerNorm and embeddings (flat)")
+    p.add_argument("--cka", action="store_true",
+                   help="also: linear and debiased CKA between the final checkpoints, per layer (OUT/cka)")
+    p.add_argument("--cka-images", type=int, default=256, help="validation images for --cka (default 256)")
     p.set_defaults(func=_analyze)
     p = sub.add_parser("lineage", help="lineage recovery (MoTHeR and ours) with the paper's Table 3 protocol")
     p.add_argument("source", help="a zoo folder (vitzoo generate --out) or a published zoo's metadata repo id")
@@ -216,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size (default 256)")
     p.add_argument("--seed", type=int, default=0, help="rebasin: seed of the coordinate-descent order")
     p.set_defaults(func=_average)
+
+    _add_predict_parser(sub)
 
     p = sub.add_parser("demo", help="the whole system on one machine: generate, local Hub, publish, analyse, "
                                     "lineage, averaging, report (start here)")

@@ -29,10 +29,12 @@ NAMESPACE = "vitzoo-demo"
 STATE_FILE = "demo_state.json"
 HINT_PORT = 8470  # `vitzoo hub serve`'s default port, used by the closing hints
 # Rough stage durations on 2 CPU cores (seconds), for the time-left estimate before a stage has run once.
-EXPECTED = {"smoke": {"generate": 15, "publish": 15, "analysis": 3, "lineage": 2, "averaging": 5, "report": 1},
-            "mini": {"generate": 510, "publish": 40, "analysis": 3, "lineage": 90, "averaging": 65, "report": 1}}
-# analysis last: its findings check the lineage and averaging results too
-STAGES = ("generate", "publish", "lineage", "averaging", "analysis", "report")
+EXPECTED = {"smoke": {"generate": 15, "publish": 15, "analysis": 3, "lineage": 2, "averaging": 5, "weightspace": 20,
+                      "report": 1},
+            "mini": {"generate": 510, "publish": 40, "analysis": 3, "lineage": 90, "averaging": 65, "weightspace": 150,
+                     "report": 1}}
+# analysis after lineage and averaging: its findings check their results too
+STAGES = ("generate", "publish", "lineage", "averaging", "analysis", "weightspace", "report")
 
 
 @dataclass
@@ -156,10 +158,11 @@ def run_demo(out: str | Path = "vitzoo-demo", blueprint: str = "mini", progress:
         with local_hub(demo.hub_dir, user=NAMESPACE) as hub:
             stage = "publish"
             meta_repo, meta_sha = _publish(demo, clock, key, hub.endpoint, progress)
-            for stage, fn in (("lineage", _lineage), ("averaging", _averaging), ("analysis", _analysis)):
+            for stage, fn in (("lineage", _lineage), ("averaging", _averaging), ("analysis", _analysis),
+                              ("weightspace", _weightspace)):
                 _cached_stage(demo, clock, stage, meta_sha, lambda fn=fn: fn(demo, meta_repo))
             stage = "report"
-            key = json.dumps([meta_sha, *(demo.state[s]["key"] for s in ("analysis", "lineage", "averaging"))])
+            key = json.dumps([meta_sha, *(demo.state[s]["key"] for s in STAGES[2:-1])])
             index = demo.report_dir / "index.html"
             skipped = demo.done(stage, key) and index.is_file()
             t = clock.start(stage, skipped=skipped)
@@ -266,6 +269,16 @@ def _lineage(demo: Demo, meta_repo: str) -> dict[str, Any]:
     return {"skipped": list(result.get("skipped") or [])}
 
 
+def _weightspace(demo: Demo, meta_repo: str) -> dict[str, Any]:
+    """`vitzoo predict` on the published zoo: every target and method against its controls, lineages held out."""
+    from vitzoo_hf.weightspace.predict import report_section
+
+    epochs = 5 if demo.blueprint == "smoke" else TRANSFORMER_EPOCHS
+    return report_section(meta_repo, demo.report_dir / "weightspace", progress=demo.progress,
+                          transformer_epochs=epochs)
+
+
+TRANSFORMER_EPOCHS = 10  # the token transformer's epochs in the demo (`vitzoo predict` defaults to 30)
 AVERAGING_METHODS = ("epochs", "soup", "greedy-soup", "rebasin")
 
 

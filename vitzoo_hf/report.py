@@ -47,6 +47,12 @@ SECTIONS: list[Section] = [
             "Epoch averages, model soups and Git Re-Basin merges. Greedy soups and their best-member baseline "
             "choose on one half of the validation split and are scored on the other half.",
             ("epochs/summary.md", "soup/summary.md", "greedy-soup/summary.md", "rebasin/summary.md")),
+    Section("weightspace", "Learning from weights: property prediction (the paper's intended uses)",
+            "Can a model's accuracy, generalisation gap and hyper-parameters be read off its weights? Ridge and "
+            "gradient-boosted trees on per-tensor statistics and on the metadata's sketches, and a small "
+            "transformer on weight tokens, each tested on lineages it never saw, beside a shuffled-target control "
+            "and the trivial predictor (`vitzoo predict`). A target counts as predictable only where its score "
+            "beats the best control by the margin stated in the table.", ("results.md",)),
 ]
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}

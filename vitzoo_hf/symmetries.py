@@ -23,7 +23,7 @@ A permutation is an index tensor ``perm`` with ``permuted[i] = original[perm[i]]
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -166,16 +166,36 @@ def head_structured(perm_heads: Sequence[int], within: Sequence[Sequence[int]], 
     return torch.tensor([perm_heads[a] * head_dim + int(j) for a in range(len(perm_heads)) for j in within[a]])
 
 
-def random_permutation(spec: ViTPermutationSpec, seed: int = 0) -> Perms:
+KINDS = ("res", "mlp", "heads", "within_head", "head_hidden")  # the kinds of symmetry `random_permutation` draws
+
+
+def check_kinds(kinds: Collection[str]) -> None:
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ZooError(f"unknown symmetry kind(s) {sorted(unknown)}; choose from {', '.join(KINDS)}")
+
+
+def random_permutation(spec: ViTPermutationSpec, seed: int = 0, kinds: Collection[str] = KINDS) -> Perms:
     """A random function-preserving permutation of every kind (residual, MLP hidden, heads as units, within-head
-    Q/K and V/O, MLP-head hidden)."""
+    Q/K and V/O, MLP-head hidden), or of the `kinds` given (the others stay the identity). The same seed and kinds
+    always give the same permutation."""
+    check_kinds(kinds)
     g = torch.Generator().manual_seed(seed)
     perms = {name: torch.randperm(n, generator=g) for name, n in spec.sizes.items()}
     h, dh = spec.num_heads, spec.head_dim
     for qk, vo in spec.attention:
         heads = torch.randperm(h, generator=g).tolist()
-        perms[qk] = head_structured(heads, [torch.randperm(dh, generator=g).tolist() for _ in range(h)], dh)
-        perms[vo] = head_structured(heads, [torch.randperm(dh, generator=g).tolist() for _ in range(h)], dh)
+        within = [[torch.randperm(dh, generator=g).tolist() for _ in range(h)] for _ in range(2)]
+        if "heads" not in kinds:
+            heads = list(range(h))
+        if "within_head" not in kinds:
+            within = [[list(range(dh))] * h] * 2
+        perms[qk] = head_structured(heads, within[0], dh)
+        perms[vo] = head_structured(heads, within[1], dh)
+    for name in perms:
+        kind = "mlp" if name.startswith("mlp.") else name
+        if kind in (RES, HEAD_HIDDEN, "mlp") and kind not in kinds:
+            perms[name] = torch.arange(spec.sizes[name])
     return perms
 
 
