@@ -51,8 +51,9 @@ SECTIONS: list[Section] = [
             "Can a model's accuracy, generalisation gap and hyper-parameters be read off its weights? Ridge and "
             "gradient-boosted trees on per-tensor statistics and on the metadata's sketches, and a small "
             "transformer on weight tokens, each tested on lineages it never saw, beside a shuffled-target control "
-            "and the trivial predictor (`vitzoo predict`). A target counts as predictable only where its score "
-            "beats the best control by the margin stated in the table.", ("results.md",)),
+            "and the trivial predictor. The demo runs the ridge and tree baselines; `vitzoo predict` adds the "
+            "token transformer. A target counts as predictable only where its score beats the best control by "
+            "the margin stated in the table.", ("results.md",)),
 ]
 _STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:.9em}

@@ -572,11 +572,12 @@ SECTION_INTRO = ("Can a model's accuracy, generalisation gap and hyper-parameter
                  f"control and the trivial predictor (`vitzoo predict`; margin rule: {MARGIN:.2f}).")
 
 
-def report_section(meta_repo: str, out: str | Path, progress: bool = True, transformer_epochs: int = 30) -> dict:
+def report_section(meta_repo: str, out: str | Path, progress: bool = True, transformer_epochs: int = 30,
+                   methods: Sequence[str] = METHODS) -> dict:
     """For the demo report: run `vitzoo predict` on the published zoo into `out` (results.md + PNGs) and return
     {"predictable": [...], "files": n}. Wire it like the other stages: a `weightspace` stage writing to
     report_dir / "weightspace", and `SECTIONS["weightspace"] = (SECTION_TITLE, SECTION_INTRO, ("results.md",))`."""
-    result = run_predict(meta_repo, out, transformer_epochs=transformer_epochs, progress=progress)
+    result = run_predict(meta_repo, out, methods=methods, transformer_epochs=transformer_epochs, progress=progress)
     return {"predictable": sorted({r["target"] for r in result["results"] if r["predictable"]}),
             "files": len(result["files"])}
 
