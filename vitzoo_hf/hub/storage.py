@@ -461,11 +461,9 @@ class Store:
 
     def read_commit(self, repo: Repo, commit_id: str) -> dict[str, Any]:
         key = (str(repo.dir), commit_id)
-        with self._cache_guard:
-            hit = self._commit_cache.get(key)
-            if hit is not None:
-                self._commit_cache.move_to_end(key)
-                return hit[0]
+        hit = self._cache_get(key)
+        if hit is not None:
+            return hit
         try:
             raw = (repo.dir / "commits" / f"{commit_id}.json").read_bytes()
         except FileNotFoundError:
@@ -503,11 +501,9 @@ class Store:
         """A commit without its snapshot, plus ``changed`` (paths changed against the first parent; every path
         for a root commit). Cheap: read from the ``.meta`` file, computed once for commits that have none."""
         key = (str(repo.dir), commit_id + ".meta")
-        with self._cache_guard:
-            hit = self._commit_cache.get(key)
-            if hit is not None:
-                self._commit_cache.move_to_end(key)
-                return hit[0]
+        hit = self._cache_get(key)
+        if hit is not None:
+            return hit
         try:
             raw = (repo.dir / "commits" / f"{commit_id}.meta").read_bytes()
             meta = json.loads(raw)
@@ -528,6 +524,15 @@ class Store:
     @staticmethod
     def _changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
         return sorted({p for p, e in after.items() if before.get(p) != e} | (before.keys() - after.keys()))
+
+    def _cache_get(self, key: tuple[str, str]) -> dict[str, Any] | None:
+        """The cached value under `key`, marked most recently used; None on a miss."""
+        with self._cache_guard:
+            hit = self._commit_cache.get(key)
+            if hit is None:
+                return None
+            self._commit_cache.move_to_end(key)
+            return hit[0]
 
     def _cache_put(self, key: tuple[str, str], value: dict[str, Any], size: int) -> None:
         with self._cache_guard:
