@@ -10,6 +10,7 @@ import json
 import os
 import re
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -69,6 +70,23 @@ def make_folder(path: Path, files: dict[str, bytes | str]) -> Path:
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(content.encode() if isinstance(content, str) else content)
     return path
+
+
+def connect(endpoint: str, timeout: float = 10) -> socket.socket:
+    """A raw TCP connection to a hub endpoint (http://HOST:PORT), for requests no client would send."""
+    host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_head(s: socket.socket) -> bytes:
+    """Read until the end of a response head (or until the hub closes), leaving the connection open."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
 
 
 def raw_request(endpoint: str, method: str, path: str, body: bytes | None = None,

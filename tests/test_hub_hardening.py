@@ -10,7 +10,6 @@ import base64
 import hashlib
 import json
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import unicodedata
 from pathlib import Path
 
 import pytest
-from hub_fixtures import REPO_ROOT, hf_cache, hub, raw_json, raw_request  # noqa: F401
+from hub_fixtures import REPO_ROOT, connect, hf_cache, hub, raw_json, raw_request, read_head  # noqa: F401
 from huggingface_hub import HfApi, snapshot_download
 
 from vitzoo_hf.hub import local_hub
@@ -52,27 +51,12 @@ def _file_op(path: str, content: bytes = b"x") -> dict:
                                      "encoding": "base64"}}
 
 
-def _connect(endpoint: str, timeout: float = 10) -> socket.socket:
-    host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
-    return socket.create_connection((host, int(port)), timeout=timeout)
-
-
-def _read_head(s: socket.socket) -> bytes:
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
 def _send_while_reading(endpoint: str, method: str, path: str, body: bytes, headers: dict[str, str]) -> bytes:
     """Send a big body from a thread while reading the answer: the hub may answer (and close) before it is all
     sent, which is what a bounded endpoint does."""
     head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
-    with _connect(endpoint, timeout=60) as s:
+    with connect(endpoint, timeout=60) as s:
         def pump() -> None:
             try:
                 s.sendall(head.encode() + body)
@@ -81,7 +65,7 @@ def _send_while_reading(endpoint: str, method: str, path: str, body: bytes, head
 
         sender = threading.Thread(target=pump, daemon=True)
         sender.start()
-        answer = _read_head(s)
+        answer = read_head(s)
         if b"Content-Length:" in answer:
             length = int(answer.split(b"Content-Length:", 1)[1].split(b"\r\n", 1)[0])
             while len(answer.split(b"\r\n\r\n", 1)[1]) < length:
@@ -218,14 +202,14 @@ def test_a_chunked_lfs_upload_stops_at_the_signed_size(hub):  # noqa: F811
     href = batch["objects"][0]["actions"]["upload"]["href"]
     target = href.split("://", 1)[1].split("/", 1)[1]
     largest = 0
-    with _connect(hub.endpoint) as s:
+    with connect(hub.endpoint) as s:
         s.sendall(f"PUT /{target} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".encode())
         for _ in range(8):  # 8 MiB for a 10-byte object, watching what lands in tmp/ meanwhile
             s.sendall(b"100000\r\n" + b"z" * (1 << 20) + b"\r\n")
             time.sleep(0.05)
             largest = max([largest, *(p.stat().st_size for p in (hub.root / "tmp").iterdir() if p.is_file())])
         s.sendall(b"0\r\n\r\n")
-        answer = _read_head(s)
+        answer = read_head(s)
     assert answer.startswith(b"HTTP/1.1 400") and b"size mismatch" in answer, answer[:300]
     assert largest <= 10, f"{largest} bytes written to tmp/ for a 10-byte object"
 

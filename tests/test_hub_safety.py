@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
-from hub_fixtures import REPO_ROOT, hf_cache, hub, raw_json, raw_request  # noqa: F401
+from hub_fixtures import REPO_ROOT, connect, hf_cache, hub, raw_json, raw_request, read_head  # noqa: F401
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import HfHubHTTPError
 
@@ -62,16 +61,9 @@ def test_a_store_made_before_the_marker_is_adopted(tmp_path, hf_cache):  # noqa:
 # ---------------------------------------------------------------------------------------------- chunked bodies
 def _raw_exchange(endpoint: str, request: bytes, timeout: float = 5) -> bytes:
     """Send raw bytes and read the response head, leaving our side of the connection open."""
-    host, port = endpoint.split("://", 1)[1].rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+    with connect(endpoint, timeout=timeout) as s:
         s.sendall(request)
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-        return data
+        return read_head(s)
 
 
 @pytest.mark.parametrize("size_line", [b"-5", b"-1", b"ffffffffffffffffffff", b"0x10", b"+5", b"1_0"])
