@@ -91,18 +91,13 @@ def run_table3(source: str, out: str | Path, draws: int = 5, seed: int = 0, meth
     from vitzoo_hf.zoo import Zoo
 
     truths, tree_modes = _as_tuple(truth), _as_tuple(trees)
-    for m in methods:
-        if m not in METHODS:
-            raise ZooError(f"unknown lineage method {m!r}; use any of {', '.join(METHODS)}")
-    for s in settings:
-        if s not in SETTINGS:
-            raise ZooError(f"unknown Table 3 setting {s!r}; use any of {', '.join(SETTINGS)}")
-    for t in truths:
-        if t not in TRUTHS:
-            raise ZooError(f"unknown truth {t!r}; use lineage or backbone")
-    for t in tree_modes:
-        if t not in TREES:
-            raise ZooError(f"unknown trees option {t!r}; use given or estimated")
+    for given, allowed, what, hint in ((methods, METHODS, "lineage method", f"any of {', '.join(METHODS)}"),
+                                       (settings, SETTINGS, "Table 3 setting", f"any of {', '.join(SETTINGS)}"),
+                                       (truths, TRUTHS, "truth", "lineage or backbone"),
+                                       (tree_modes, TREES, "trees option", "given or estimated")):
+        for value in given:
+            if value not in allowed:
+                raise ZooError(f"unknown {what} {value!r}; use {hint}")
     if draws < 1 or n_pretrained < 1 or n_children < 1:
         raise ZooError("--draws, --pretrained and --children must be at least 1")
     out = Path(out)
