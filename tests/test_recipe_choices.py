@@ -149,3 +149,36 @@ def test_each_task_records_only_its_own_recipe():
         contrastive = spec.stage == "pretraining" and spec.task == "contrastive"
         assert ("contrastive" in recipe) == contrastive, spec.name
         assert ("augmentation" in recipe) != contrastive, spec.name
+
+
+def test_evaluation_inputs_are_made_once_and_equal_those_made_afresh(monkeypatch):
+    """The eval loaders keep a small split's inputs after the first epoch; what they return is exactly what the
+    transform makes, and a split over the budget is made afresh every time (the cache is then dropped)."""
+    from vitzoo_hf import recipe
+    from vitzoo_hf.data import load_splits
+
+    bp = load_blueprint("smoke")
+    splits = load_splits("digits", max_train=64, max_validation=40)
+    calls = []
+    _, eval_tf = recipe.image_transforms(bp, bp.finetuning.augmentation)
+
+    def counting(image):
+        calls.append(1)
+        return eval_tf(image)
+
+    keys = [(i, recipe.sample_seed(0, i)) for i in range(40)]
+    plain = recipe.SeededImages(splits["validation"], eval_tf).__getitems__(keys)
+    kept = recipe.SeededImages(splits["validation"], counting, cache=(40, recipe.EVAL_CACHE_BYTES))
+    first, second = kept.__getitems__(keys), kept.__getitems__(keys)
+    assert len(calls) == 40  # made once
+    for a, b, c in zip(plain, first, second, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[0], c[0]) and a[1] == b[1] == c[1]
+    calls.clear()
+    tight = recipe.SeededImages(splits["validation"], counting, cache=(40, 40 * 3 * 16 * 16 * 4 - 1))
+    tight.__getitems__(keys), tight.__getitems__(keys)
+    assert len(calls) == 80  # one byte short of the whole split: nothing kept
+
+    loaders = recipe.supervised_loaders(bp, bp.finetuning.augmentation, splits, 16, torch.Generator().manual_seed(0))
+    epochs = [[x.clone() for x, _ in loaders["eval_validation"]] for _ in range(2)]
+    assert all(torch.equal(a, b) for a, b in zip(*epochs, strict=True))
+    assert loaders["eval_validation"].dataset._cache and loaders["train"].dataset._cache is None  # train: never

@@ -124,13 +124,28 @@ class SeededImages(Dataset):
     caller's global CPU generator is left as it was, so the main process (0 workers) and a worker give the same
     images and the training loop's own draws (MixUp/CutMix, stochastic depth) are untouched."""
 
-    def __init__(self, split, transform: Callable):
+    def __init__(self, split, transform: Callable, cache: tuple[int, int] | None = None):
         self.split, self.transform = split, transform
+        # (images, bytes): keep every item once made, if `images` of them fit in `bytes` (judged on the first).
+        self._cache: dict[tuple[int, int], tuple[Any, int]] | None = {} if cache else None
+        self._cache_plan = cache
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitems__(self, keys: list[tuple[int, int]]) -> list[tuple[Any, int]]:
+        if self._cache and all(k in self._cache for k in keys):
+            return [self._cache[k] for k in keys]
+        out = self._make(keys)
+        if self._cache is not None:
+            images, budget = self._cache_plan
+            if _nbytes(out[0][0]) * images > budget:
+                self._cache = None  # too large to keep: made afresh every time, as without a cache
+            else:
+                self._cache.update(zip(keys, out, strict=True))
+        return out
+
+    def _make(self, keys: list[tuple[int, int]]) -> list[tuple[Any, int]]:
         rows = self.split[[i for i, _ in keys]]  # one Arrow read per batch; images decoded here, in the worker
         state = torch.default_generator.get_state()
         try:
@@ -144,6 +159,18 @@ class SeededImages(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[Any, int]:
         return self.__getitems__([key])[0]
+
+
+def _nbytes(item: Any) -> int:
+    if isinstance(item, torch.Tensor):
+        return item.numel() * item.element_size()
+    return sum(_nbytes(x) for x in item) if isinstance(item, tuple | list) else 0
+
+
+# Evaluation inputs are the same every epoch (fixed images, fixed seeds: the eval transform, or the contrastive
+# eval views), so a split small enough is made once per model and kept: on CPU-scale zoos that was a third of
+# each fine-tuning epoch. Larger splits (ImageNet at 224 px) are made afresh every epoch, as before.
+EVAL_CACHE_BYTES = 256 * 2**20
 
 
 def collate_supervised(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +222,7 @@ def supervised_loaders(bp: Blueprint, aug: Augmentation, splits, batch_size: int
     ev = bp.evaluation
     for split, indices in (("train", train_eval_indices(len(splits["train"]), ev.train_max)),
                            ("validation", range(len(splits["validation"])))):
-        ds = SeededImages(splits[split], eval_tf)
+        ds = SeededImages(splits[split], eval_tf, cache=(len(indices), EVAL_CACHE_BYTES))
         loaders[f"eval_{split}"] = _loader(ds, ev.batch_size, SeededSampler(indices, generator, False, base=0),
                                            collate_supervised, False, num_workers)
     return loaders
@@ -222,6 +249,7 @@ def contrastive_loaders(bp: Blueprint, splits, batch_size: int, generator: torch
     for offset, split, indices in ((0, "train", train_eval_indices(len(splits["train"]), bp.evaluation.train_max)),
                                    (1, "validation", range(len(splits["validation"])))):
         sampler = SeededSampler(indices, generator, shuffle=False, base=data_seed + offset)
-        loaders[f"eval_{split}"] = _loader(SeededImages(splits[split], views), batch_size, sampler, collate_views,
+        ds = SeededImages(splits[split], views, cache=(len(indices), EVAL_CACHE_BYTES))
+        loaders[f"eval_{split}"] = _loader(ds, batch_size, sampler, collate_views,
                                            len(indices) >= batch_size, num_workers)
     return loaders, views
