@@ -292,6 +292,9 @@ def streams_by_default(name: str) -> bool:
     return name in STREAMED_BY_DEFAULT or name.startswith("wds:")
 
 
+_BUNDLED: dict[tuple, DatasetDict] = {}  # load_splits of the bundled sources, per (name, caps)
+
+
 def load_splits(name: str, max_train: int | None = None, max_validation: int | None = None,
                 validation_labels: str | None = None) -> DatasetDict:
     """The named data set with `train`/`validation` splits, optionally capped to a stratified subset."""
@@ -301,9 +304,14 @@ def load_splits(name: str, max_train: int | None = None, max_validation: int | N
     if name.startswith("wds:"):
         raise ZooError(f"'{name}' is a set of WebDataset shards, which stream; set dataset.streaming: true "
                        "(or leave it out)")
-    if name in SOURCES:
-        dd = SOURCES[name]()
-    elif name.startswith("hf:"):
+    if name in SOURCES:  # bundled: built once per process (a --jobs worker trains many models on them)
+        key = (name, max_train, max_validation)
+        if key not in _BUNDLED:
+            dd = SOURCES[name]()
+            _BUNDLED[key] = DatasetDict({split: _cap(ds, {"train": max_train, "validation": max_validation}[split],
+                                                     f"max_{split}") for split, ds in dd.items()})
+        return DatasetDict(_BUNDLED[key])  # a new dict: a caller replacing a split changes only its own
+    if name.startswith("hf:"):
         dd = _hub(name[3:])
     else:
         dd = _folder(name[len("folder:"):], validation_labels)

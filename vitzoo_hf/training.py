@@ -123,7 +123,9 @@ def _accuracy_metric():
     import evaluate
 
     path = resources.files("vitzoo_hf").joinpath("metrics/zoo_accuracy/zoo_accuracy.py")
-    return evaluate.load(str(path))
+    # In memory: predictions are gathered by accelerate first, so no cache files are needed to sync processes,
+    # and writing them cost half of each compute (twice per epoch, and once per averaging evaluation).
+    return evaluate.load(str(path), keep_in_memory=True)
 
 
 @torch.no_grad()
