@@ -227,3 +227,15 @@ def test_property_valid_blueprints_expand_to_backbones_times_grid(tmp_path_facto
         assert f"more than the Hub's {MAX_REPO_NAME}" in str(err)
         return
     _check_expansion(bp, expand(bp))
+
+
+def test_jobs_start_the_contrastive_backbones_first_then_the_rest_in_plan_order():
+    from vitzoo_hf.runner import launch_order
+
+    models = expand(load_blueprint("mini"))
+    order = sorted(models, key=launch_order)
+    backbones = [m for m in models if m.stage == "pretraining"]
+    con = [m for m in backbones if m.task == "contrastive"]
+    assert con and order[:len(con)] == con  # the longest runs never start last
+    assert order[len(con):len(backbones)] == [m for m in backbones if m.task == "supervised"]
+    assert order[len(backbones):] == [m for m in models if m.stage == "finetuning"]  # plan order kept

@@ -149,6 +149,14 @@ def _last_line(path: Path) -> str:
     return lines[-1] if lines else "no output"
 
 
+def launch_order(m: ModelSpec) -> tuple[bool, bool]:
+    """Sort key (stable: plan order within a class): backbones first, since each unlocks its children, and among
+    them the contrastive ones (two views per image: the longest runs) first, so that no long backbone starts last
+    and leaves its children waiting while the other slots idle."""
+    backbone = m.stage == "pretraining"
+    return not backbone, backbone and m.task != "contrastive"
+
+
 def run_jobs(bp: Blueprint, todo: Sequence[ModelSpec], out: Path, jobs: int, devices: Sequence[str] | None = None,
              num_workers: int | None = None, mixed_precision: str | None = None, log_with: str | None = None,
              progress: bool = True) -> JobsReport:
@@ -167,7 +175,7 @@ def run_jobs(bp: Blueprint, todo: Sequence[ModelSpec], out: Path, jobs: int, dev
     logs = out / JOB_LOGS
     logs.mkdir(parents=True, exist_ok=True)
     names = {m.name for m in todo}
-    pending = sorted(todo, key=lambda m: m.stage != "pretraining")  # stable: backbones first, then plan order
+    pending = sorted(todo, key=launch_order)
     state: dict[str, str] = {}
     running: dict[int, tuple[_Worker, ModelSpec, float]] = {}  # slot -> (worker, model, start)
     report = JobsReport()
