@@ -129,6 +129,22 @@ def test_study_finding_holds_and_not(check, field, holds, broken):
     assert check(ev).verdict == F.NOT_HELD
 
 
+def test_mother_check_reads_the_backbone_truth_with_given_trees_whatever_the_row_order():
+    """table3.csv holds every truth reading and tree mode; the check must not take whichever comes last."""
+    def tagged(truth, trees, epochs_f1, branch_f1):
+        return [{**r, "truth": truth, "trees": trees} for r in _table3(epochs_f1, branch_f1)]
+
+    rows = (tagged("lineage", "given", 0.8, 0.6) + tagged("backbone", "given", 0.8, 0.05)
+            + tagged("backbone", "estimated", 0.3, 0.6))
+    ev = paper_like()
+    for order in (rows, rows[::-1]):
+        ev.table3 = order
+        f = F.mother_chains_not_branches(ev)
+        assert f.verdict == F.HELD and f.zoo == "0.80 vs ≤ 0.05" and "truth backbone" in f.note
+    ev.table3 = tagged("lineage", "given", 0.8, 0.6)  # only the lineage reading: judged on it
+    assert F.mother_chains_not_branches(ev).verdict == F.NOT_HELD
+
+
 def test_rebasin_destroys_is_measured_against_chance():
     ev = paper_like()
     assert F.rebasin_destroys(ev).verdict == F.NA
