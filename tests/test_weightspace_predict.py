@@ -123,4 +123,17 @@ def test_predict_refuses_bad_requests_in_one_line(smoke_all, tmp_path):
         run_predict(smoke_all[1], tmp_path / "p", targets=["head"], where={"stage": "pretraining"}, progress=False)
     with pytest.raises(ZooError, match="unknown method"):
         run_predict(smoke_all[1], tmp_path / "p", methods=["svm"], progress=False)
+    with pytest.raises(ZooError, match="unknown feature set 'pixels'"):
+        run_predict(smoke_all[1], tmp_path / "p", features=["pixels"], progress=False)
     assert not (tmp_path / "p").exists()  # nothing half-written
+
+
+def test_the_demo_predicts_from_evenly_spaced_checkpoints_on_the_chosen_features(smoke_all, tmp_path):
+    from vitzoo_hf.demo import demo_predict_epochs
+
+    assert demo_predict_epochs(25) == [0, 5, 10, 15, 20, 25] and demo_predict_epochs(2) == [0, 1, 2]
+    assert demo_predict_epochs(50) == [0, 10, 20, 30, 40, 50] and len(demo_predict_epochs(7)) == 6
+    result = run_predict(smoke_all[1], tmp_path / "p", targets=["head"], methods=["ridge"], epochs=[2],
+                         features=["stats"], progress=False)
+    rows = [r for r in result["results"] if r["method"] == "ridge"]
+    assert rows and {r["features"] for r in rows} == {"stats"} and {r["n"] for r in rows} == {8}  # 8 fine-tunes

@@ -312,7 +312,7 @@ def _encode(rows, target: str, kind: str) -> tuple[np.ndarray, np.ndarray, list 
 def run_predict(source, out: str | Path, targets: Sequence[str] = ("all",), methods: Sequence[str] = METHODS,
                 where: dict[str, Any] | None = None, epochs: str = "all", level: str = "lineage",
                 k: int | None = None, seed: int = 0, transformer_epochs: int = 30, token_width: int = 64,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, features: Sequence[str] = FEATURES) -> dict[str, Any]:
     """Run every (target × method × features) with both controls; write results.{md,csv}, predictions.csv,
     folds.json and predicted-vs-true PNGs to `out`; return {"results", "markdown", "files", "notes"}."""
     from vitzoo_hf.zoo import Zoo
@@ -320,6 +320,9 @@ def run_predict(source, out: str | Path, targets: Sequence[str] = ("all",), meth
     bad = [m for m in methods if m not in METHODS]
     if bad:
         raise ZooError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
+    bad = [f for f in features if f not in FEATURES]
+    if bad or not features:
+        raise ZooError(f"unknown feature set {bad[0] if bad else ''!r}; choose from {', '.join(FEATURES)}")
     zoo = source if hasattr(source, "checkpoints") else Zoo.open(source)
     rows = sample_rows(zoo, where if where is not None else {"stage": "finetuning"}, epochs)
     parents = {r["name"]: r["parent"] for r in zoo.models}
@@ -350,7 +353,7 @@ def run_predict(source, out: str | Path, targets: Sequence[str] = ("all",), meth
     results: list[dict[str, Any]] = []
     predictions: list[dict[str, Any]] = []
     configs = [(m, fs) for m in ("ridge", "gbt") if m in methods for fs in FEATURES
-               if getattr(feats, fs) is not None]
+               if fs in features and getattr(feats, fs) is not None]
     for t, kind in chosen:
         y, have, classes = encoded[t]
         for method, fs in [("trivial", "-"), *configs]:
@@ -573,11 +576,13 @@ SECTION_INTRO = ("Can a model's accuracy, generalisation gap and hyper-parameter
 
 
 def report_section(meta_repo: str, out: str | Path, progress: bool = True, transformer_epochs: int = 30,
-                   methods: Sequence[str] = METHODS) -> dict:
+                   methods: Sequence[str] = METHODS, epochs: str | Sequence[int] = "all",
+                   features: Sequence[str] = FEATURES) -> dict:
     """For the demo report: run `vitzoo predict` on the published zoo into `out` (results.md + PNGs) and return
     {"predictable": [...], "files": n}. Wire it like the other stages: a `weightspace` stage writing to
     report_dir / "weightspace", and `SECTIONS["weightspace"] = (SECTION_TITLE, SECTION_INTRO, ("results.md",))`."""
-    result = run_predict(meta_repo, out, methods=methods, transformer_epochs=transformer_epochs, progress=progress)
+    result = run_predict(meta_repo, out, methods=methods, epochs=epochs, transformer_epochs=transformer_epochs,
+                         progress=progress, features=features)
     return {"predictable": sorted({r["target"] for r in result["results"] if r["predictable"]}),
             "files": len(result["files"])}
 
