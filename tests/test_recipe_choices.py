@@ -39,9 +39,12 @@ def test_paper_follows_the_authors_code_and_the_small_zoos_keep_the_defaults():
     assert paper.finetuning.head_init == "kaiming_normal" and paper.finetuning.augmentation.crop == "resize_crop"
     for name in ("smoke", "mini"):
         bp = load_blueprint(name)
-        assert (bp.architecture.layer_norm_eps, bp.architecture.init, bp.architecture.init_bias) == (1e-12, "hf", 0.0)
         assert bp.pretraining.tasks.supervised.augmentation.crop == "resize_crop"
         assert bp.pretraining.tasks.contrastive.projection == "mlp" and bp.finetuning.head_init == "torch_default"
+    smoke, mini = load_blueprint("smoke").architecture, load_blueprint("mini").architecture
+    assert (smoke.layer_norm_eps, smoke.init, smoke.init_bias) == (1e-12, "hf", 0.0)
+    # mini: the authors' init (its backbones must start far apart for the paper's clusters), a default head
+    assert (mini.layer_norm_eps, mini.init, mini.init_bias) == (1e-6, "kaiming_normal", 0.01)
 
 
 def test_kaiming_init_with_bias_and_layer_norm_eps_reach_the_model():
