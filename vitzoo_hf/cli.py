@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="vitzoo-demo", help="folder for the zoo, the Hub and the report "
                                                         "(default: vitzoo-demo; rerun to continue or refresh)")
     p.add_argument("--blueprint", choices=("mini", "smoke"), default="mini",
-                   help="mini: 75 models, about 14 min on 2 cores (default); smoke: 10 models, under a minute")
+                   help="mini: 75 models, about 13 min on 2 cores (default); smoke: 10 models, under a minute")
     p.add_argument("--jobs", type=int, default=None, help="models trained at once (default: one per CPU core)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_demo)

@@ -31,7 +31,7 @@ HINT_PORT = 8470  # `vitzoo hub serve`'s default port, used by the closing hints
 # Rough stage durations on 2 CPU cores (seconds), for the time-left estimate before a stage has run once.
 EXPECTED = {"smoke": {"generate": 15, "publish": 15, "analysis": 3, "lineage": 2, "averaging": 5, "weightspace": 20,
                       "report": 1},
-            "mini": {"generate": 340, "publish": 95, "analysis": 3, "lineage": 75, "averaging": 195, "weightspace": 110,
+            "mini": {"generate": 350, "publish": 80, "analysis": 3, "lineage": 70, "averaging": 180, "weightspace": 95,
                      "report": 1}}
 # analysis after lineage and averaging: its findings check their results too
 STAGES = ("generate", "publish", "lineage", "averaging", "analysis", "weightspace", "report")
@@ -138,7 +138,7 @@ def run_demo(out: str | Path = "vitzoo-demo", blueprint: str = "mini", progress:
     """Run (or finish, or refresh) the demo under `out`; return the report's index.html."""
     if blueprint not in EXPECTED:
         raise ZooError(f"--blueprint {blueprint!r} is not a demo blueprint; choose smoke (under a minute) or mini "
-                       "(about 14 min)")
+                       "(about 13 min)")
     out = Path(out).expanduser().resolve()
     _check_out_dir(out)
     _free_space_check(out, blueprint)
