@@ -7,8 +7,8 @@ in-process local hub, as `vitzoo demo` runs it, with the requests it sent per ki
 Both servers run as subprocesses (the client's GIL is not theirs); the client is httpx2, the client
 huggingface_hub uses. "fresh" sends ``Connection: close``, so every request opens a new TCP connection.
 Targets (issue 17): keep-alive median <= fresh-connection median; the mini zoo's publish stage <= 60 s for
-its 526 commits then (6 epochs). Since issue 19 mini has 25 epochs, 1,899 commits: 93 s in `vitzoo demo`, 49 ms a
-commit (60 ms before).
+its 526 commits then (6 epochs). Since issue 19 mini has 25 epochs, 1,899 commits: 77-93 s in two `vitzoo demo`
+runs, 41-49 ms a commit (60 ms before).
 """
 
 from __future__ import annotations
