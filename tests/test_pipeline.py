@@ -56,7 +56,9 @@ def test_training_metrics_subset_is_fixed_and_spread():
 
 def _two_families(tmp_path: Path) -> Path:
     return _blueprint(tmp_path, pretraining={
-        "epochs": 3, "dataset": {"max_train": 64, "max_validation": 32},
+        # long enough that neither backbone can finish between the first checkpoints and the Ctrl-C below (with
+        # evaluation inputs kept, 3 epochs of 64 images took less than the other job's start-up)
+        "epochs": 8, "dataset": {"max_train": 128, "max_validation": 32},
         "tasks": {"supervised": {"runs": [{"seed": 1, "batch_size": 32}, {"seed": 2, "batch_size": 32}]},
                   "contrastive": {"runs": []}}},
         finetuning={"epochs": 1, "dataset": {"max_train": 64, "max_validation": 32},
@@ -85,6 +87,8 @@ def test_jobs_isolate_failures_and_ctrl_c_resumes(tmp_path):
     assert left == [], "a job outlived Ctrl-C"
     assert not list(out.rglob(".checkpoint_*.partial"))
     b_was_complete = is_complete(out, b)  # it may have finished its last epoch before the signal arrived
+    # a finished one would be refused by the main process before any job starts, not by its own job
+    assert not is_complete(out, a), "backbone a finished before the Ctrl-C: give the blueprint more epochs"
 
     # Backbone a is made to fail (its folder holds another model's settings); b and its child still train.
     cfg = layout.model_dir(out, a) / layout.CONFIG_FILE
@@ -98,6 +102,6 @@ def test_jobs_isolate_failures_and_ctrl_c_resumes(tmp_path):
     assert f"{2 - b_was_complete} done, 1 failed, 1 skipped" in done.stdout, done.stdout
     assert "1 of 4 models failed" in done.stderr
     assert is_complete(out, b) and is_complete(out, b_kid) and not is_complete(out, a_kid)
-    assert len(layout.checkpoints(layout.model_dir(out, b))) == 4  # resumed after Ctrl-C, not restarted
+    assert len(layout.checkpoints(layout.model_dir(out, b))) == b.epochs + 1  # resumed after Ctrl-C, not restarted
     assert json.loads((layout.model_dir(out, b_kid) / layout.CONFIG_FILE).read_text())["distribution"][
         "torch_threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
