@@ -321,8 +321,10 @@ def run_predict(source, out: str | Path, targets: Sequence[str] = ("all",), meth
     if bad:
         raise ZooError(f"unknown method {bad[0]!r}; choose from {', '.join(METHODS)}")
     bad = [f for f in features if f not in FEATURES]
-    if bad or not features:
-        raise ZooError(f"unknown feature set {bad[0] if bad else ''!r}; choose from {', '.join(FEATURES)}")
+    if bad:
+        raise ZooError(f"unknown feature set {bad[0]!r}; choose from {', '.join(FEATURES)}")
+    if not features:
+        raise ZooError(f"no feature set given; choose from {', '.join(FEATURES)}")
     zoo = source if hasattr(source, "checkpoints") else Zoo.open(source)
     rows = sample_rows(zoo, where if where is not None else {"stage": "finetuning"}, epochs)
     parents = {r["name"]: r["parent"] for r in zoo.models}
@@ -332,7 +334,8 @@ def run_predict(source, out: str | Path, targets: Sequence[str] = ("all",), meth
     requested = list(DEFAULT_TARGETS if "all" in targets else targets)
     chosen = _targets(rows, requested, groups, notes)
     fold_list = folds(groups, k, seed, level)
-    need_weights = any(m in methods for m in ("ridge", "gbt", "transformer"))
+    # the weights are read for the stats features and for the transformer's tokens; sketches come from the metadata
+    need_weights = ("stats" in features and any(m in methods for m in ("ridge", "gbt"))) or "transformer" in methods
     feats = collect_features(zoo, rows, need_weights, "transformer" in methods, token_width, progress)
     notes += feats.notes
     out = Path(out)
