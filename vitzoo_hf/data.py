@@ -304,19 +304,19 @@ def load_splits(name: str, max_train: int | None = None, max_validation: int | N
     if name.startswith("wds:"):
         raise ZooError(f"'{name}' is a set of WebDataset shards, which stream; set dataset.streaming: true "
                        "(or leave it out)")
+    caps = {"train": max_train, "validation": max_validation}
+
+    def capped(dd: DatasetDict) -> DatasetDict:
+        return DatasetDict({split: _cap(ds, caps[split], f"max_{split}") for split, ds in dd.items()})
+
     if name in SOURCES:  # bundled: built once per process (a --jobs worker trains many models on them)
         key = (name, max_train, max_validation)
         if key not in _BUNDLED:
-            dd = SOURCES[name]()
-            _BUNDLED[key] = DatasetDict({split: _cap(ds, {"train": max_train, "validation": max_validation}[split],
-                                                     f"max_{split}") for split, ds in dd.items()})
+            _BUNDLED[key] = capped(SOURCES[name]())
         return DatasetDict(_BUNDLED[key])  # a new dict: a caller replacing a split changes only its own
     if name.startswith("hf:"):
-        dd = _hub(name[3:])
-    else:
-        dd = _folder(name[len("folder:"):], validation_labels)
-    caps = {"train": max_train, "validation": max_validation}
-    return DatasetDict({split: _cap(ds, caps[split], f"max_{split}") for split, ds in dd.items()})
+        return capped(_hub(name[3:]))
+    return capped(_folder(name[len("folder:"):], validation_labels))
 
 
 def _cap(ds: Dataset, n: int | None, key: str) -> Dataset:
