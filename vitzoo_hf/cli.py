@@ -100,6 +100,8 @@ def _analyze(args: argparse.Namespace) -> None:
 
         files = run_cka(args.source, Path(args.out) / "cka", images=args.cka_images)
         print(f"wrote {len(files)} files to {Path(args.out) / 'cka'}: CKA and debiased CKA per layer (CSV), heat maps")
+
+
 def _lineage(args: argparse.Namespace) -> None:
     from vitzoo_hf.lineage.report import run_table3
 
@@ -110,6 +112,8 @@ def _lineage(args: argparse.Namespace) -> None:
     if result["skipped"]:
         print(f"skipped (no fine-tunes varying by that factor alone): {', '.join(result['skipped'])}")
     print(f"wrote {result['out']}/table3.md, table3.csv, table3_draws.csv and {len(result['pngs'])} tree PNGs")
+
+
 def _average(args: argparse.Namespace) -> None:
     from vitzoo_hf.averaging.report import run
 
