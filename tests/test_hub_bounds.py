@@ -17,7 +17,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from hub_fixtures import hub_process_factory, raw_request  # noqa: F401
+from hub_fixtures import hub_process_factory, raw_request, read_head  # noqa: F401
 
 from vitzoo_hf.hub.storage import Op, Store, git_blob_sha1, make_entry
 
@@ -79,12 +79,7 @@ def _send_big(endpoint: str, method: str, path: str, size: int, headers: str = "
 
         sender = threading.Thread(target=pump, daemon=True)
         sender.start()
-        head = b""
-        while b"\r\n" not in head:
-            chunk = s.recv(4096)
-            if not chunk:
-                break
-            head += chunk
+        head = read_head(s)
         sender.join(30)
     return int(head.split()[1])
 
