@@ -47,20 +47,18 @@ def sample_rows(zoo, where: Where = None, epochs: str | Sequence[int] = "all") -
 
     parents = {r["name"]: r["parent"] for r in zoo.models}
     root = roots(parents)
+    wanted = None if epochs in ("all", "final") else set(epochs)
     rows = []
     for ck in zoo.checkpoints:
         m = zoo.model(ck["name"])
+        final = ck["epoch"] == m["final_epoch"]
+        if (epochs == "final" and not final) or (wanted is not None and ck["epoch"] not in wanted):
+            continue
         row = {**{k: v for k, v in m.items() if k not in ck}, **ck}
         row.update(final_accuracy=m["validation_accuracy"],
                    final_ggap=_gap(m["train_accuracy"], m["validation_accuracy"]),
                    accuracy=ck["validation_accuracy"], ggap=_gap(ck["train_accuracy"], ck["validation_accuracy"]),
                    backbone=root[ck["name"]])
-        if epochs == "final":
-            if ck["epoch"] != m["final_epoch"]:
-                continue
-        elif epochs != "all":
-            if ck["epoch"] not in set(epochs):
-                continue
         if not _matches(row, where):
             continue
         rows.append(row)
