@@ -132,7 +132,8 @@ def bytes_to_write(bp: Blueprint, spec: ModelSpec, out: Path, num_labels: int) -
     return left * (4 * params + CHECKPOINT_OVERHEAD) + 2 * 4 * params * optimizer_state_factor(spec)
 
 
-def _existing(path: Path) -> Path:
+def nearest_existing(path: Path) -> Path:
+    """`path`, or its nearest existing ancestor: where a folder not made yet would take its disk space from."""
     path = path.absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -151,7 +152,7 @@ def disk_problems(bp: Blueprint, todo: Sequence[ModelSpec], out: Path,
                   classes: dict[str, int | None]) -> tuple[list[str], str]:
     """(problems, a note with the estimate). Class counts unknown (data set unreachable) count as 1000."""
     need = sum(bytes_to_write(bp, m, out, classes.get(m.dataset) or 1000) for m in todo)
-    where = _existing(out)
+    where = nearest_existing(out)
     free = shutil.disk_usage(where).free
     note = f"disk: {len(todo)} model(s) to train write about {human(need)}; {human(free)} free at {where}"
     if need <= free:

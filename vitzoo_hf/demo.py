@@ -98,9 +98,9 @@ def _check_out_dir(out: Path) -> None:
 
 def _free_space_check(out: Path, blueprint: str) -> None:
     need = {"smoke": 50e6, "mini": 3e9}.get(blueprint, 3e9)  # mini: 1.1 GB of checkpoints, again in the Hub
-    probe = out if out.exists() else out.parent
-    while not probe.exists():
-        probe = probe.parent
+    from vitzoo_hf.checks import nearest_existing
+
+    probe = nearest_existing(out)
     free = shutil.disk_usage(probe).free
     if free < need:
         raise ZooError(f"only {free / 1e9:.2f} GB free under {probe}; the {blueprint} demo needs about "
